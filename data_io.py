@@ -1,0 +1,144 @@
+"""Reading and writing the course's JSON-lines files (``maintext`` -> ``title``, plus ``id``).
+
+Every error names the file, the 1-based line number and the field, so a user can open the file at the
+right place. Writes are atomic (temp file in the same directory, then ``os.replace``): an existing good
+file is never left half-written, and a write never replaces one of the input files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+
+class DataError(ValueError):
+    """Bad input data. ``str(err)`` reads ``FILE:LINE: message`` (LINE omitted when not line-specific)."""
+
+    def __init__(self, path: str | os.PathLike, message: str, line: int | None = None):
+        self.path = str(path)
+        self.line = line
+        where = f"{self.path}:{line}" if line is not None else self.path
+        super().__init__(f"{where}: {message}")
+
+
+def read_jsonl(
+    path: str | os.PathLike,
+    *,
+    text_column: str = "maintext",
+    summary_column: str = "title",
+    require_summary: bool = True,
+    allow_empty_text: bool = False,
+) -> list[dict[str, Any]]:
+    """Read a JSON-lines file (``.jsonl``, or ``.json`` holding one object per line), UTF-8.
+
+    Args:
+        path: the file.
+        text_column: field holding the source article (must be a string).
+        summary_column: field holding the reference title.
+        require_summary: training/evaluation data need a string ``summary_column``; prediction input
+            does not (when present it must still be a string).
+        allow_empty_text: prediction input may have an empty ``text_column``; training data may not.
+
+    Returns:
+        The records in file order (blank lines skipped). ``id`` values are kept as they are in the
+        file (string or number).
+
+    Raises:
+        DataError: missing or unreadable file, bad UTF-8, malformed JSON, a line that is not an object,
+            a missing/non-string text or summary field, a missing or duplicate ``id``. The message names
+            the file, the line and the field.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found" if not path.exists() else "not a regular file")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(path, f"cannot read: {err.strerror or err}") from err
+    if raw.startswith(b"\xef\xbb\xbf"):  # tolerate a UTF-8 byte-order mark (some course samples have one)
+        raw = raw[3:]
+    records: list[dict[str, Any]] = []
+    seen_ids: dict[Any, int] = {}
+    for lineno, line_bytes in enumerate(raw.split(b"\n"), start=1):
+        try:
+            line = line_bytes.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(path, f"not valid UTF-8 (byte {err.start}): save the file as UTF-8", lineno) from err
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(path, f"malformed JSON at column {err.colno}: {err.msg}", lineno) from err
+        if not isinstance(record, dict):
+            raise DataError(path, f"expected a JSON object, got {type(record).__name__}", lineno)
+        if "id" not in record:
+            raise DataError(path, "missing field 'id'", lineno)
+        rid = record["id"]
+        if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+            raise DataError(path, f"field 'id' must be a string or integer, got {type(rid).__name__}", lineno)
+        if rid in seen_ids:
+            raise DataError(path, f"duplicate id {rid!r} (first seen on line {seen_ids[rid]})", lineno)
+        seen_ids[rid] = lineno
+        _check_string_field(record, text_column, path, lineno, required=True, allow_empty=allow_empty_text)
+        _check_string_field(record, summary_column, path, lineno, required=require_summary, allow_empty=True)
+        records.append(record)
+    return records
+
+
+def _check_string_field(record: dict, field: str, path: Path, lineno: int, *, required: bool, allow_empty: bool):
+    if field not in record or record[field] is None:
+        if required:
+            raise DataError(path, f"missing field {field!r}", lineno)
+        return
+    value = record[field]
+    if not isinstance(value, str):
+        raise DataError(path, f"field {field!r} must be a string, got {type(value).__name__}", lineno)
+    if not allow_empty and not value.strip():
+        raise DataError(path, f"field {field!r} is empty", lineno)
+
+
+def write_jsonl_atomic(
+    path: str | os.PathLike,
+    records: Iterable[dict[str, Any]],
+    *,
+    protected: Sequence[str | os.PathLike] = (),
+) -> None:
+    """Write ``records`` as JSON lines (``ensure_ascii=False``) to ``path`` atomically.
+
+    The records go to a temporary file in the same directory, which is fsynced and renamed over
+    ``path`` only when complete, so an existing file is replaced whole or not at all.
+
+    Raises:
+        DataError: ``path`` is one of ``protected`` (for example the input file), or its directory
+            does not exist.
+    """
+    path = Path(path)
+    for other in protected:
+        if Path(other).exists() and path.exists() and os.path.samefile(path, other):
+            raise DataError(path, f"refusing to overwrite the input file {other}")
+        if path.resolve() == Path(other).resolve():
+            raise DataError(path, f"refusing to overwrite the input file {other}")
+    if not path.parent.resolve().is_dir():
+        raise DataError(path, f"output directory {path.parent} does not exist")
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    atomic_write_text(path, lines)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` via a temp file in the same directory and ``os.replace``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

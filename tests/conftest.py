@@ -1,0 +1,82 @@
+"""Shared fixtures: real data from ../shared/data (skipped when absent), a sentencepiece tokenizer
+trained on real text, and tiny random mT5 models built from a config. No network."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED_DATA = Path(os.environ.get("SHARED_DATA_DIR", REPO.parent / "shared" / "data"))
+
+torch.set_flush_denormal(True)  # random lm_head weights hit subnormal slow paths otherwise
+
+TINY_MT5 = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
+                relative_attention_num_buckets=8, dropout_rate=0.0, feed_forward_proj="gated-gelu",
+                decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, tie_word_embeddings=False)
+
+
+def shared_file(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real data {path} is absent (set SHARED_DATA_DIR to the shared/data folder)")
+    return path
+
+
+def read_records(name: str, n: int | None = None) -> list[dict]:
+    with open(shared_file(name), encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return records[:n] if n else records
+
+
+@pytest.fixture(scope="session")
+def lcsts_val() -> list[dict]:
+    return read_records("lcsts_val.jsonl")
+
+
+@pytest.fixture(scope="session")
+def lcsts_train() -> list[dict]:
+    return read_records("lcsts_train.jsonl")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory, lcsts_train) -> Path:
+    """A 4,000-piece sentencepiece unigram tokenizer trained on 3,000 real LCSTS pairs."""
+    from modeling import train_sentencepiece_tokenizer
+
+    out = tmp_path_factory.mktemp("tokenizer")
+    texts = [r["maintext"] for r in lcsts_train[:3000]] + [r["title"] for r in lcsts_train[:3000]]
+    train_sentencepiece_tokenizer(texts, out, vocab_size=4000)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_tokenizer_dir):
+    from modeling import get_tokenizer
+
+    return get_tokenizer(str(tiny_tokenizer_dir))
+
+
+def build_tiny_model(tokenizer, seed: int = 0, **overrides):
+    """A random tiny ``MT5ForConditionalGeneration`` (about 0.5M parameters) for ``tokenizer``."""
+    from modeling import build_model_from_config, round_up
+
+    torch.manual_seed(seed)
+    return build_model_from_config({**TINY_MT5, "vocab_size": round_up(len(tokenizer)), **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A ``save_pretrained`` export (model + tokenizer + generation_config.json) of a random tiny mT5."""
+    out = tmp_path_factory.mktemp("tiny_model")
+    model = build_tiny_model(tiny_tokenizer)
+    model.generation_config.max_new_tokens = 16
+    model.save_pretrained(str(out))
+    tiny_tokenizer.save_pretrained(str(out))
+    return out
