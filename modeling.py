@@ -109,8 +109,11 @@ def build_model_from_config(fields: dict) -> nn.Module:
 
 
 def untie_lm_head(model: nn.Module) -> None:
-    """Give ``lm_head`` its own randomly initialised weight ``[vocab, d_model]`` (T5 init: std 1)."""
-    model.lm_head.weight = nn.Parameter(torch.randn_like(model.shared.weight))
+    """Give ``lm_head`` its own random weight ``[vocab, d_model]`` with std ``d_model**-0.5``, so initial
+    logits have unit scale (transformers 5 no longer rescales decoder outputs by ``d_model**-0.5``, and
+    T5's std-1 init gives logits of std ``sqrt(d_model)`` and an initial loss far above ``ln(vocab)``)."""
+    d_model = model.shared.weight.shape[1]
+    model.lm_head.weight = nn.Parameter(torch.randn_like(model.shared.weight) * d_model**-0.5)
     tied = getattr(model, "all_tied_weights_keys", None)
     if isinstance(tied, dict):
         tied.pop("lm_head.weight", None)

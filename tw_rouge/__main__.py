@@ -46,6 +46,8 @@ def read_titles(path: str) -> dict:
                 titles[obj["id"]] = obj["title"].strip()
     except FileNotFoundError as err:
         raise InputError(f"{path}: file not found") from err
+    except OSError as err:  # a directory, no permission, ...
+        raise InputError(f"{path}: cannot read: {err.strerror or err}") from err
     except UnicodeDecodeError as err:
         raise InputError(f"{path}: not valid UTF-8") from err
     return titles
@@ -66,12 +68,23 @@ def evaluate(reference: str, submission: str, segmenter: str | None, per_example
 
 
 def _write_per_example(path: str, keys: list, per_pair: list) -> None:
+    """One JSON line per article, written atomically (temp file removed on error; normal permissions)."""
     out = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent if str(out.parent) else ".")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for key, scores in zip(keys, per_pair):
-            f.write(json.dumps({"id": key, **scores}, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
+    if not out.parent.is_dir():
+        raise InputError(f"{path}: output directory {out.parent} does not exist")
+    umask = os.umask(0)  # read the umask (set and restore) so the file gets open()'s usual mode
+    os.umask(umask)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o666 & ~umask)
+            for key, scores in zip(keys, per_pair):
+                f.write(json.dumps({"id": key, **scores}, ensure_ascii=False) + "\n")
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def download(data_dir: Path) -> None:

@@ -1,0 +1,302 @@
+"""Arguments of ``train_decoder.py``: typed dataclasses parsed with ``transformers.HfArgumentParser``.
+
+    python train_decoder.py [PRESET.json] [--flag value ...]
+
+An optional JSON preset comes first; flags after it override its values, which override the
+defaults below. ``--help`` lists every option. :func:`check_args` validates everything up front,
+before a model is loaded, so a typo fails in a second rather than after an hour of training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+OPTIMIZERS = ("adafactor", "adamw")
+PRECISIONS = ("no", "bf16", "fp16")
+FREEZABLE = ("encoder", "decoder", "embeddings")
+BEST_METRICS = ("rouge-sum", "rouge-1", "rouge-2", "rouge-l")
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt")
+
+
+class ArgumentError(ValueError):
+    """An invalid argument combination; the message says which flag and why."""
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: Optional[str] = field(
+        default="google/mt5-small", metadata={"help": "Pretrained model: hub name or local save_pretrained dir."})
+    config_name: Optional[str] = field(
+        default=None, metadata={"help": "Local MT5Config JSON: train a randomly initialised model from scratch "
+                                        "(then --model_name_or_path is ignored)."})
+    tokenizer_name: Optional[str] = field(
+        default=None, metadata={"help": "Tokenizer (hub name or dir). Default: the model's; from scratch without it, "
+                                        "a sentencepiece unigram tokenizer is trained on the training texts."})
+    tokenizer_vocab_size: int = field(
+        default=8000, metadata={"help": "Pieces of the sentencepiece tokenizer trained from scratch."})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute activations in backward: less memory, ~30% slower."})
+    freeze: list[str] = field(
+        default_factory=list, metadata={"help": "Parts to freeze, any of: encoder decoder embeddings."})
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q", "k", "v", "o", "wi_0", "wi_1", "wo"],
+        metadata={"help": "T5 module names that get LoRA adapters."})
+
+
+@dataclass
+class DataArguments:
+    train_file: Optional[str] = field(default="data/train.jsonl", metadata={"help": "Training JSON lines."})
+    validation_file: Optional[str] = field(
+        default="data/public.jsonl", metadata={"help": "Validation JSON lines (scored with tw_rouge)."})
+    text_column: str = field(default="maintext", metadata={"help": "Field with the article."})
+    summary_column: str = field(default="title", metadata={"help": "Field with the reference title."})
+    source_prefix: str = field(default="", metadata={"help": "Text put before every article (e.g. 'summarize: ')."})
+    max_source_length: int = field(default=512, metadata={"help": "Articles are truncated to this many tokens."})
+    max_target_length: int = field(
+        default=64, metadata={"help": "Titles are truncated to this many tokens; also the max new tokens at eval."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N training pairs."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N validation pairs."})
+
+
+@dataclass
+class TrainArguments:
+    output_dir: str = field(default="outputs/mt5-small", metadata={"help": "Checkpoints, best/ export, metrics."})
+    seed: int = field(default=42, metadata={"help": "Random seed (model init, data order, dropout)."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Training batch per device."})
+    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Generation batch per device at eval."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    optimizer: str = field(default="adafactor", metadata={"help": "adafactor (T5 recipe: fixed lr, no "
+                                                                   "parameter scaling) or adamw."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak learning rate."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay (not on biases/LayerNorm)."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 = off)."})
+    num_train_epochs: float = field(default=10, metadata={"help": "Epochs (ignored when --max_train_steps > 0)."})
+    max_train_steps: int = field(default=0, metadata={"help": "Optimizer steps; 0 = from --num_train_epochs."})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers.get_scheduler name."})
+    warmup_steps: int = field(default=0, metadata={"help": "Warmup optimizer steps (overrides warmup_ratio)."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Warmup as a fraction of total steps."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the cross-entropy."})
+    mixed_precision: str = field(default="no", metadata={"help": "no | bf16 | fp16 (fp16 is refused for T5 models "
+                                                                  "unless --force_fp16)."})
+    force_fp16: bool = field(default=False, metadata={"help": "Allow fp16 with a T5-family model anyway."})
+    group_by_length: bool = field(default=True, metadata={"help": "Batch articles of similar length together."})
+    logging_steps: int = field(default=50, metadata={"help": "Log training loss every N optimizer steps."})
+    eval_steps: int = field(default=0, metadata={"help": "Evaluate every N optimizer steps (0 = off)."})
+    eval_every_epoch: bool = field(default=True, metadata={"help": "Evaluate at the end of each epoch."})
+    eval_on_start: bool = field(default=False, metadata={"help": "Evaluate before the first step."})
+    save_steps: int = field(default=500, metadata={"help": "Save a resumable checkpoint every N steps (0 = off)."})
+    save_total_limit: int = field(default=2, metadata={"help": "Keep at most N resumable checkpoints."})
+    resume_from_checkpoint: Optional[str] = field(
+        default=None, metadata={"help": "A checkpoint dir, or 'latest' for the newest in OUTPUT_DIR/checkpoints."})
+    metric_for_best_model: str = field(
+        default="rouge-sum", metadata={"help": "rouge-sum (ROUGE-1+2+L F) | rouge-1 | rouge-2 | rouge-l."})
+    report_to: Optional[str] = field(
+        default=None, metadata={"help": "Accelerate tracker(s), e.g. tensorboard or wandb (comma-separated)."})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+
+
+@dataclass
+class EvalArguments:
+    eval_preset: str = field(default="greedy", metadata={"help": "Decoding preset for evaluation "
+                                                                   "(configs/generation_presets.json)."})
+    presets_file: Optional[str] = field(default=None, metadata={"help": "Another decoding presets JSON."})
+    segmenter: Optional[str] = field(
+        default=None, metadata={"help": "tw_rouge segmenter ckip | jieba | char (default: $TW_ROUGE_SEGMENTER, "
+                                        "else ckip, the grading one)."})
+    eval_max_new_tokens: Optional[int] = field(
+        default=None, metadata={"help": "Max title tokens at eval (default: --max_target_length)."})
+
+
+@dataclass
+class RLArguments:
+    rl_from: Optional[str] = field(
+        default=None, metadata={"help": "Run the RL stage (self-critical sequence training) starting from this "
+                                        "supervised save_pretrained export (e.g. outputs/mt5-small/best)."})
+    rl_num_samples: int = field(default=1, metadata={"help": "Sampled titles per article per step."})
+    rl_gamma: float = field(
+        default=0.998, metadata={"help": "Weight of the RL loss in gamma*L_rl + (1-gamma)*L_ml "
+                                         "(Paulus et al. 2018 used 0.9984)."})
+    rl_rollout_preset: str = field(default="rl_sample", metadata={"help": "Decoding preset for the samples."})
+    rl_baseline_preset: str = field(default="greedy", metadata={"help": "Decoding preset for the baseline."})
+    rl_reward_weights: list[float] = field(
+        default_factory=lambda: [1.0, 1.0, 1.0],
+        metadata={"help": "Weights of ROUGE-1, ROUGE-2, ROUGE-L F in the reward (default: their mean)."})
+
+
+ARG_CLASSES = (ModelArguments, DataArguments, TrainArguments, EvalArguments, RLArguments)
+
+
+@dataclass
+class Args:
+    model: ModelArguments
+    data: DataArguments
+    train: TrainArguments
+    eval: EvalArguments
+    rl: RLArguments
+
+    def to_dict(self) -> dict:
+        return {group: vars(getattr(self, group)).copy() for group in ("model", "data", "train", "eval", "rl")}
+
+
+def build_parser():
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(ARG_CLASSES)
+    parser.prog = "train_decoder.py"
+    parser.usage = "train_decoder.py [PRESET.json] [--flag value ...]"
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    """Parse ``[PRESET.json] [--flag value ...]``: preset values override defaults, flags override both.
+
+    Raises:
+        ArgumentError: unreadable preset, or a preset key that is not an option.
+        SystemExit: argparse's own errors (unknown flag, bad value) and ``--help``.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0].endswith(".json") and not argv[0].startswith("-"):
+        preset_path = argv.pop(0)
+        parser.set_defaults(**read_preset(preset_path))
+    groups = parser.parse_args_into_dataclasses(args=argv)
+    return Args(*groups)
+
+
+def read_preset(path: str) -> dict:
+    """Option values from a JSON preset (keys starting with ``_`` are comments)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except FileNotFoundError as err:
+        raise ArgumentError(f"preset {path} not found") from err
+    except json.JSONDecodeError as err:
+        raise ArgumentError(f"{path}:{err.lineno}: malformed JSON: {err.msg}") from err
+    if not isinstance(raw, dict):
+        raise ArgumentError(f"{path}: a preset must be a JSON object of option: value")
+    known = {f.name for cls in ARG_CLASSES for f in fields(cls)}
+    values = {k: v for k, v in raw.items() if not k.startswith("_")}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ArgumentError(f"{path}: unknown option(s) {', '.join(unknown)} (see train_decoder.py --help)")
+    return values
+
+
+REPO_ROOT = Path(__file__).resolve().parent
+
+
+def resolve_repo_path(path: str | None) -> str | None:
+    """``path`` as given when it exists from the current directory, else relative to the repo root
+    (so shipped presets can name ``configs/...`` and still work from another directory)."""
+    if path is None or Path(path).exists() or Path(path).is_absolute():
+        return path
+    candidate = REPO_ROOT / path
+    return str(candidate) if candidate.exists() else path
+
+
+def check_args(args: Args) -> None:
+    """Validate invariants before any heavy work (after nanoT5's ``check_args_and_env``).
+
+    Raises:
+        ArgumentError: naming the flag and what is wrong with it.
+    """
+    m, d, t, e, r = args.model, args.data, args.train, args.eval, args.rl
+    m.config_name = resolve_repo_path(m.config_name)
+    e.presets_file = resolve_repo_path(e.presets_file)
+    problems: list[str] = []
+
+    def need(cond: bool, message: str) -> None:
+        if not cond:
+            problems.append(message)
+
+    if r.rl_from is None:
+        need(bool(m.config_name or m.model_name_or_path), "give --model_name_or_path or --config_name")
+    if m.config_name:
+        need(Path(m.config_name).is_file(), f"--config_name {m.config_name}: file not found")
+    if r.rl_from is not None:
+        need(Path(r.rl_from, "config.json").is_file(),
+             f"--rl_from {r.rl_from}: not a save_pretrained export (no config.json)")
+    for flag, path in (("--train_file", d.train_file), ("--validation_file", d.validation_file)):
+        need(path is not None and Path(path).is_file(), f"{flag} {path}: file not found")
+    for flag, value in (("--max_source_length", d.max_source_length), ("--max_target_length", d.max_target_length),
+                        ("--per_device_train_batch_size", t.per_device_train_batch_size),
+                        ("--per_device_eval_batch_size", t.per_device_eval_batch_size),
+                        ("--gradient_accumulation_steps", t.gradient_accumulation_steps),
+                        ("--logging_steps", t.logging_steps), ("--save_total_limit", t.save_total_limit),
+                        ("--tokenizer_vocab_size", m.tokenizer_vocab_size), ("--rl_num_samples", r.rl_num_samples)):
+        need(value > 0, f"{flag} must be > 0 (got {value})")
+    for flag, value in (("--max_train_samples", d.max_train_samples), ("--max_eval_samples", d.max_eval_samples)):
+        need(value is None or value > 0, f"{flag} must be > 0 (got {value})")
+    for flag, value in (("--max_train_steps", t.max_train_steps), ("--eval_steps", t.eval_steps),
+                        ("--save_steps", t.save_steps), ("--warmup_steps", t.warmup_steps)):
+        need(value >= 0, f"{flag} must be >= 0 (got {value})")
+    need(t.max_train_steps > 0 or t.num_train_epochs > 0, "--num_train_epochs must be > 0 (or set --max_train_steps)")
+    need(t.learning_rate > 0, f"--learning_rate must be > 0 (got {t.learning_rate})")
+    need(0 <= t.warmup_ratio < 1, f"--warmup_ratio must be in [0, 1) (got {t.warmup_ratio})")
+    need(0 <= t.label_smoothing < 1, f"--label_smoothing must be in [0, 1) (got {t.label_smoothing})")
+    need(t.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)} (got {t.optimizer})")
+    need(t.lr_scheduler_type in SCHEDULERS,
+         f"--lr_scheduler_type must be one of {', '.join(SCHEDULERS)} (got {t.lr_scheduler_type})")
+    need(t.mixed_precision in PRECISIONS,
+         f"--mixed_precision must be one of {', '.join(PRECISIONS)} (got {t.mixed_precision})")
+    if t.mixed_precision == "fp16" and not t.force_fp16:
+        problems.append(
+            "--mixed_precision fp16 is refused for T5-family models: T5/mT5 were pretrained in bf16 and their "
+            "feed-forward activations overflow fp16's range, giving inf/NaN losses (transformers issues #10830, "
+            "#14189). Use bf16 (Ampere or newer GPUs) or no; pass --force_fp16 to try anyway.")
+    need(all(part in FREEZABLE for part in m.freeze),
+         f"--freeze takes any of {', '.join(FREEZABLE)} (got {' '.join(m.freeze)})")
+    need(t.metric_for_best_model in BEST_METRICS,
+         f"--metric_for_best_model must be one of {', '.join(BEST_METRICS)} (got {t.metric_for_best_model})")
+    need(e.segmenter in (None, "ckip", "jieba", "char"),
+         f"--segmenter must be ckip, jieba or char (got {e.segmenter})")
+    need(e.eval_max_new_tokens is None or e.eval_max_new_tokens > 0, "--eval_max_new_tokens must be > 0")
+    need(0.0 <= r.rl_gamma <= 1.0, f"--rl_gamma must be in [0, 1] (got {r.rl_gamma})")
+    need(len(r.rl_reward_weights) == 3 and all(w >= 0 for w in r.rl_reward_weights) and sum(r.rl_reward_weights) > 0,
+         "--rl_reward_weights takes 3 non-negative numbers (ROUGE-1 2 L) with a positive sum")
+    if m.use_lora:
+        need(m.lora_r > 0, f"--lora_r must be > 0 (got {m.lora_r})")
+    try:
+        from generation import load_presets
+
+        presets = load_presets(e.presets_file)
+        for flag, name in (("--eval_preset", e.eval_preset), ("--rl_rollout_preset", r.rl_rollout_preset),
+                           ("--rl_baseline_preset", r.rl_baseline_preset)):
+            need(name in presets, f"{flag} {name!r} is not a preset; known: {', '.join(sorted(presets))}")
+    except (OSError, ValueError) as err:
+        problems.append(f"--presets_file: {err}")
+    if problems:
+        raise ArgumentError("invalid arguments:\n  - " + "\n  - ".join(problems))
+
+
+def check_segmenter_data(args: Args) -> None:
+    """Fail before training when evaluation would need ckiptagger data that is not there.
+
+    Raises:
+        tw_rouge.CkipDataMissingError: with the download command in its message.
+    """
+    from tw_rouge import CkipSegmenter, get_segmenter
+
+    segmenter = get_segmenter(args.eval.segmenter)
+    if isinstance(segmenter, CkipSegmenter):
+        segmenter.check_data()
+
+
+def save_args(args: Args, path: str | os.PathLike) -> None:
+    """Write the resolved configuration as JSON (atomically)."""
+    from data_io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(args.to_dict(), indent=2, ensure_ascii=False) + "\n")

@@ -1,0 +1,62 @@
+"""Learning-curve PNG from ``metrics.jsonl``: training loss, eval ROUGE and (RL stage) rewards vs step."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a ``metrics.jsonl`` file; for a step logged twice (a resumed run) the last wins."""
+    rows: dict[tuple, dict] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                rows[(row.get("step"), tuple(sorted(k for k in row if "/" in k)))] = row
+    return sorted(rows.values(), key=lambda r: r.get("step", 0))
+
+
+def plot_learning_curves(metrics_path: str | os.PathLike, out_png: str | os.PathLike) -> None:
+    """Draw ``train/loss``, ``eval/rouge-{1,2,l}`` (F x100) and, when present, ``rl/*_reward`` against the
+    optimizer step into ``out_png`` (written atomically). Uses matplotlib's Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+
+    def series(key):
+        pts = [(r["step"], r[key]) for r in rows if key in r and r[key] is not None]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    panels = [("train", ["train/loss"], "loss"),
+              ("eval", ["eval/rouge-1", "eval/rouge-2", "eval/rouge-l"], "ROUGE F x100")]
+    if any("rl/sample_reward" in r for r in rows):
+        panels.append(("rl", ["rl/sample_reward", "rl/greedy_reward"], "reward (ROUGE F)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
+    for ax, (title, keys, ylabel) in zip(axes, panels):
+        for key in keys:
+            xs, ys = series(key)
+            if xs:
+                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=key)
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_png.stem}.", suffix=".png", dir=out_png.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, out_png)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
