@@ -273,11 +273,19 @@ def translate_options(generation_config) -> dict[str, Any]:
     ignored = {k: v for k, v in ignored.items() if v is not None and v != _UNSUPPORTED_NEUTRAL[k]}
     if do_sample and num_beams > 1:
         ignored["num_beams (with do_sample)"] = num_beams
-    if not do_sample and num_beams > 1 and _effective(generation_config, "early_stopping") is not True:
-        ignored["early_stopping"] = _effective(generation_config, "early_stopping")
+    if not do_sample and num_beams > 1:
+        # measured against HF on the same weights (tests/test_ct2.py)
+        if _effective(generation_config, "early_stopping") is not True:
+            ignored["early_stopping (CT2 beam search stops as with True)"] = _effective(generation_config,
+                                                                                       "early_stopping")
+        if options["no_repeat_ngram_size"] and not generation_config.renormalize_logits:
+            ignored["no_repeat_ngram_size in beam search (CT2 renormalises after blocking, "
+                    "as HF with renormalize_logits=True)"] = options["no_repeat_ngram_size"]
+        if options["repetition_penalty"] != 1.0:
+            ignored["repetition_penalty in beam search (CT2 penalises logits, HF log-probabilities)"] = \
+                options["repetition_penalty"]
     if ignored:
-        logger.warning("CTranslate2 backend: these generation settings are not reproduced (beam search stops as "
-                       "with early_stopping=True): %s", ignored)
+        logger.warning("CTranslate2 backend: these generation settings are not reproduced exactly: %s", ignored)
     return options
 
 

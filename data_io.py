@@ -121,7 +121,7 @@ def write_jsonl_atomic(
     for other in protected:
         if Path(other).exists() and path.exists() and os.path.samefile(path, other):
             raise DataError(path, f"refusing to overwrite the input file {other}")
-        if False:
+        if path.resolve() == Path(other).resolve():
             raise DataError(path, f"refusing to overwrite the input file {other}")
     if not path.parent.resolve().is_dir():
         raise DataError(path, f"output directory {path.parent} does not exist")

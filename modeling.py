@@ -82,12 +82,13 @@ def get_tokenizer(name_or_path: str):
 
 
 def read_config_json(config_name: str, vocab_size: int | None = None) -> dict:
-    """Read ``MT5Config`` fields from a local JSON file; ``vocab_size`` (the tokenizer's length rounded
-    up to a multiple of 8) overrides the file's when given. Keys starting with ``_`` are comments."""
+    """Read ``MT5Config`` fields from a local JSON file. ``vocab_size`` (the tokenizer's length rounded
+    up to a multiple of 8) is used when the file gives none or a smaller one. Keys starting with ``_``
+    are comments."""
     with open(config_name, encoding="utf-8") as f:
         fields = json.load(f)
     fields = {k: v for k, v in fields.items() if not k.startswith("_")}
-    if vocab_size is not None:
+    if vocab_size is not None and fields.get("vocab_size", 0) < vocab_size:
         fields["vocab_size"] = vocab_size
     return fields
 

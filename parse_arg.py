@@ -170,7 +170,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if argv and argv[0].endswith(".json") and not argv[0].startswith("-"):
-        preset_path = argv.pop(0)
+        preset_path = resolve_repo_path(argv.pop(0))
         parser.set_defaults(**read_preset(preset_path))
     groups = parser.parse_args_into_dataclasses(args=argv)
     return Args(*groups)

@@ -53,8 +53,8 @@ def sequence_log_probs(
     ``logits[b, t]`` must be the distribution that produced ``tokens[b, t]`` (for a seq2seq model
     that is the decoder output at position ``t`` when the decoder input is the tokens shifted right,
     as transformers does for ``labels``). The softmax is computed in float32 even for bf16/fp16
-    logits. Masked positions contribute exactly 0 whatever their logits or token ids (they may hold
-    ``-100``, ``inf`` or NaN).
+    logits. Masked positions contribute exactly 0 to the result whatever their token ids (``-100`` is
+    fine) or logits (even ``inf``/NaN), and get a zero gradient when their logits are finite.
 
     Args:
         logits: ``[B, T, V]`` unnormalised scores.
@@ -478,6 +478,53 @@ def collect_rollouts(
     )
 
 
+def policy_log_probs(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    sample_tokens: torch.Tensor,
+    sample_mask: torch.Tensor,
+    *,
+    decoder_start_token_id: int,
+    pad_token_id: int,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Log-probabilities of sampled titles under ``model``, recomputed with grad by one teacher-forced pass.
+
+    The decoder input is the labels (samples with ``-100`` outside the mask) shifted right, exactly what
+    ``model(labels=...)`` would build, so ``logits[:, t]`` is the distribution ``generate`` drew
+    ``sample_tokens[:, t]`` from (up to dropout when ``model`` is in train mode).
+
+    Args:
+        model: seq2seq model (may be DDP-wrapped); called in its current mode.
+        input_ids, attention_mask: ``[B, S]`` sources; each row is repeated ``N / B`` times
+            (``repeat_interleave``, the order of ``generate(num_return_sequences=K)``).
+        sample_tokens, sample_mask: ``[N, T]`` from :class:`Rollouts`.
+        temperature: the rollout temperature.
+
+    Returns:
+        ``[N]`` float32 sequence log-probabilities with grad.
+
+    Raises:
+        ValueError: ``N`` is not a multiple of ``B``.
+    """
+    batch_size, num_sequences = input_ids.shape[0], sample_tokens.shape[0]
+    if batch_size == 0 or num_sequences % batch_size:
+        raise ValueError(f"{num_sequences} samples is not a multiple of the batch size {batch_size}")
+    repeats = num_sequences // batch_size
+    decoder_input_ids = shift_right(
+        completion_labels(sample_tokens, sample_mask), decoder_start_token_id, pad_token_id
+    )
+    logits = model(
+        input_ids=input_ids.repeat_interleave(repeats, dim=0),
+        attention_mask=attention_mask.repeat_interleave(repeats, dim=0),
+        decoder_input_ids=decoder_input_ids.to(input_ids.device),
+        use_cache=False,
+    ).logits
+    return sequence_log_probs(logits, sample_tokens.to(logits.device), sample_mask.to(logits.device),
+                              temperature=temperature)
+
+
 def scst_step(
     model,
     batch: Mapping[str, torch.Tensor],
@@ -561,15 +608,11 @@ def scst_step(
     advantages = self_critical_advantages(rollouts.sample_rewards, rollouts.greedy_rewards, baseline)
 
     start_id, _, pad_id = _special_token_ids(generate_model, rollout_config)
-    decoder_input_ids = shift_right(rollouts.sample_labels, start_id, pad_id)
-    logits = model(
-        input_ids=input_ids.repeat_interleave(num_samples, dim=0),  # generate's num_return_sequences order
-        attention_mask=attention_mask.repeat_interleave(num_samples, dim=0),
-        decoder_input_ids=decoder_input_ids,
-        use_cache=False,
-    ).logits
     temperature = rollout_config.temperature if rollout_config.temperature is not None else 1.0
-    log_probs = sequence_log_probs(logits, rollouts.sample_tokens, rollouts.sample_mask, temperature=temperature)
+    log_probs = policy_log_probs(
+        model, input_ids, attention_mask, rollouts.sample_tokens, rollouts.sample_mask,
+        decoder_start_token_id=start_id, pad_token_id=pad_id, temperature=temperature,
+    )
     lengths = rollouts.sample_mask.sum(dim=1)
     flat_advantages = advantages.reshape(-1).to(log_probs.device)
     loss = self_critical_loss(log_probs, flat_advantages, lengths.to(log_probs.device), normalize)

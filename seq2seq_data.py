@@ -103,5 +103,7 @@ def get_train_dataloader(dataset: FeatureDataset, collator, batch_size: int, *, 
     (seed, epoch) through :class:`EpochLengthGroupedSampler` (``loader.sampler.set_epoch``)."""
     lengths = [len(f["input_ids"]) for f in dataset.features]
     sampler = EpochLengthGroupedSampler(lengths, batch_size, seed, group_by_length)
+    # its own generator: creating an iterator would otherwise draw from the global RNG, and a resumed run
+    # (which creates one more iterator) would then see different dropout masks
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collator,
-                      num_workers=num_workers, drop_last=False)
+                      num_workers=num_workers, drop_last=False, generator=torch.Generator().manual_seed(seed))

@@ -210,7 +210,6 @@ class Trainer:
         from tqdm.auto import tqdm
 
         acc, t, state = self.accelerator, self.args.train, self.state
-        sampler = self.train_loader._our_sampler
         bar = tqdm(total=self.max_train_steps, initial=state.completed_steps, disable=not acc.is_local_main_process,
                    desc="train", unit="step")
         start = time.time() - state.elapsed_s
@@ -219,7 +218,8 @@ class Trainer:
                 self.evaluate()  # the supervised score, before the first (RL) step
         self.model.train()
         while state.completed_steps < self.max_train_steps:
-            sampler.set_epoch(state.epoch)
+            # the prepared loader re-seeds the sampler with its own epoch counter at each pass: set it (resume)
+            self.train_loader.set_epoch(state.epoch)
             loader = self.train_loader
             if state.batches_in_epoch:
                 loader = acc.skip_first_batches(self.train_loader, state.batches_in_epoch)
@@ -468,7 +468,6 @@ def build_trainer(args: Args) -> Trainer:
     collator = IndexedSeq2SeqCollator(tokenizer, pad_to_multiple_of=8 if t.mixed_precision != "no" else None)
     train_loader = get_train_dataloader(dataset, collator, t.per_device_train_batch_size, seed=t.seed,
                                         group_by_length=t.group_by_length, num_workers=t.dataloader_num_workers)
-    sampler = train_loader.sampler
     optimizer = get_optimizer(model, args)
 
     batches_per_process = math.ceil(len(train_loader) / accelerator.num_processes)
@@ -479,7 +478,6 @@ def build_trainer(args: Args) -> Trainer:
     scheduler = get_scheduler(t.lr_scheduler_type, optimizer, num_warmup_steps=warmup * accelerator.num_processes,
                               num_training_steps=max_train_steps * accelerator.num_processes)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
-    train_loader._our_sampler = sampler
 
     trainer = Trainer(args, accelerator, model, tokenizer, optimizer, scheduler, train_loader, train_records,
                       eval_records, max_train_steps)

@@ -80,3 +80,14 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     model.save_pretrained(str(out))
     tiny_tokenizer.save_pretrained(str(out))
     return out
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons (precision, gradient accumulation); each training run in
+    a test starts from a clean state, as it would in its own process."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Course contract: write one {"title", "id"} JSON line per input article.
+#   bash run.sh INPUT.jsonl OUTPUT.jsonl [MODEL_DIR]
+# MODEL_DIR (third argument, else $MODEL_DIR, else the default training run's export outputs/mt5-small/best)
+# PRESET    decoding preset from configs/generation_presets.json (default beam5, the best known)
+# Relative paths are taken from the caller's current directory. Other options: python predict.py --help.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+
+if [ "$#" -lt 2 ] || [ "$#" -gt 3 ]; then
+  echo "usage: bash run.sh INPUT.jsonl OUTPUT.jsonl [MODEL_DIR]   (env: MODEL_DIR, PRESET)" >&2
+  exit 2
+fi
+MODEL_DIR="${3:-${MODEL_DIR:-$ROOT/outputs/mt5-small/best}}"
+PRESET="${PRESET:-beam5}"
+
+PY="$(bash "$ROOT/scripts/ensure_venv.sh")"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+exec "$PY" "$ROOT/predict.py" \
+  --model_dir "$MODEL_DIR" \
+  --input_file "$1" \
+  --output_file "$2" \
+  --preset "$PRESET"

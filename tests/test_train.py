@@ -1,0 +1,197 @@
+"""Training loop tests on a tiny mT5 (CPU): memorisation, exact resume, precision/checkpointing paths,
+presets and argument errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, TINY_MT5
+
+import train_decoder
+from parse_arg import ArgumentError, check_args, parse_args
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture()
+def tiny_run(tmp_path, lcsts_train, tiny_tokenizer_dir):
+    """argv builder for a tiny from-scratch run on real LCSTS pairs (char segmenter, no ckip data)."""
+
+    def make(n_train=32, n_eval=None, out="out", config_overrides=None, train_records=None, extra=()):
+        records = train_records or lcsts_train[:n_train]
+        train_file = write_jsonl(tmp_path / f"train_{n_train}.jsonl", records)
+        eval_file = write_jsonl(tmp_path / f"eval_{n_train}.jsonl", records[: n_eval or len(records)])
+        config = tmp_path / "tiny_config.json"
+        config.write_text(json.dumps({**TINY_MT5, **(config_overrides or {})}), encoding="utf-8")
+        return [
+            "--config_name", str(config), "--tokenizer_name", str(tiny_tokenizer_dir),
+            "--train_file", str(train_file), "--validation_file", str(eval_file),
+            "--output_dir", str(tmp_path / out), "--segmenter", "char",
+            "--max_source_length", "64", "--max_target_length", "24", "--per_device_eval_batch_size", "32",
+            "--eval_every_epoch", "false", "--save_steps", "0", *extra,
+        ]
+
+    return make
+
+
+def read_rows(output_dir: Path) -> list[dict]:
+    with open(output_dir / "metrics.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def train_losses(output_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["train/loss"] for r in read_rows(output_dir) if "train/loss" in r}
+
+
+def test_memorises_a_few_dozen_real_examples(tiny_run, tmp_path):
+    argv = tiny_run(n_train=32, extra=["--max_train_steps", "160", "--optimizer", "adamw", "--learning_rate", "3e-3",
+                                       "--per_device_train_batch_size", "8", "--logging_steps", "20",
+                                       "--eval_on_start", "true"])
+    assert train_decoder.main(argv) == 0
+    out = tmp_path / "out"
+    rows = read_rows(out)
+    evals = [r for r in rows if "eval/rouge-l" in r]
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert evals[0]["step"] == 0 and evals[-1]["step"] == 160
+    assert evals[0]["eval/rouge-l"] < 30
+    assert evals[-1]["eval/rouge-l"] > 90, evals[-1]
+    assert losses[-1] < losses[0] / 5
+    # the best export loads with from_pretrained and reproduces the memorised titles
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(out / "best")
+    tokenizer = AutoTokenizer.from_pretrained(out / "best")
+    title_config = json.loads((out / "best" / "title_config.json").read_text(encoding="utf-8"))
+    assert title_config["max_source_length"] == 64 and title_config["eval_preset"] == "greedy"
+    assert model.generation_config.max_new_tokens == 24
+    assert len(tokenizer) <= model.config.vocab_size
+    assert (out / "learning_curve.png").stat().st_size > 1000
+
+
+def test_resume_reproduces_the_uninterrupted_loss_curve(tiny_run, tmp_path):
+    # dropout on, accumulation 2, 3 optimizer steps per epoch: the stop at step 4 is mid-epoch
+    common = dict(n_train=24, n_eval=4, config_overrides={"dropout_rate": 0.1})
+    extra = ["--max_train_steps", "8", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
+             "--logging_steps", "1", "--optimizer", "adamw", "--learning_rate", "1e-3", "--warmup_steps", "2",
+             "--eval_max_new_tokens", "4"]
+    assert train_decoder.main(tiny_run(out="full", extra=extra, **common)) == 0
+    full = train_losses(tmp_path / "full")
+    assert sorted(full) == list(range(1, 9))
+
+    argv = tiny_run(out="resumed", extra=extra + ["--save_steps", "4"], **common)
+    assert train_decoder.main(argv, stop_after_steps=4) == 0
+    checkpoints = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir())
+    assert checkpoints == ["step_4"]
+    assert train_decoder.main(argv + ["--resume_from_checkpoint", "latest"]) == 0
+    resumed = train_losses(tmp_path / "resumed")
+    for step in range(1, 9):
+        assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), (step, resumed[step], full[step])
+
+
+def test_bf16_autocast_and_gradient_checkpointing_run_on_cpu(tiny_run, tmp_path):
+    argv = tiny_run(n_train=16, n_eval=4, extra=["--max_train_steps", "3", "--mixed_precision", "bf16",
+                                                 "--gradient_checkpointing", "true", "--logging_steps", "1",
+                                                 "--per_device_train_batch_size", "4", "--eval_max_new_tokens", "4"])
+    assert train_decoder.main(argv) == 0
+    losses = train_losses(tmp_path / "out")
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+
+
+def test_freeze_and_lora(tiny_run, tmp_path, tiny_tokenizer):
+    from conftest import build_tiny_model
+
+    model = build_tiny_model(tiny_tokenizer)
+    train_decoder.freeze_parts(model, ["encoder", "embeddings"])
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert "shared.weight" in frozen and any(n.startswith("encoder.block") for n in frozen)
+    assert not any(n.startswith("decoder.") for n in frozen) and "lm_head.weight" not in frozen
+
+    argv = tiny_run(n_train=16, n_eval=4, extra=["--max_train_steps", "2", "--use_lora", "true", "--lora_r", "4",
+                                                 "--per_device_train_batch_size", "4", "--eval_max_new_tokens", "4"])
+    assert train_decoder.main(argv) == 0
+    from transformers import AutoModelForSeq2SeqLM
+
+    exported = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out" / "best")
+    assert not any("lora" in n for n, _ in exported.named_parameters())  # adapters merged into the export
+
+
+def test_every_shipped_training_preset_parses():
+    presets = sorted((REPO / "configs").glob("*.json"))
+    training = [p for p in presets if p.name not in ("generation_presets.json", "tiny-mt5.json")]
+    assert {p.name for p in training} >= {"tiny-cpu.json", "mt5-small.json"}
+    for preset in training:
+        args = parse_args([str(preset)])
+        assert args.data.max_source_length > 0
+
+
+def test_preset_then_cli_override_order(tmp_path):
+    preset = tmp_path / "p.json"
+    preset.write_text(json.dumps({"_comment": "x", "learning_rate": 0.5, "num_train_epochs": 3}), encoding="utf-8")
+    assert parse_args([]).train.learning_rate == 1e-3  # default
+    assert parse_args([str(preset)]).train.learning_rate == 0.5  # preset over default
+    args = parse_args([str(preset), "--learning_rate", "0.1"])  # flag over preset
+    assert args.train.learning_rate == 0.1 and args.train.num_train_epochs == 3
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--train_file", "nope.jsonl"], "--train_file nope.jsonl: file not found"),
+    (["--max_source_length", "0"], "--max_source_length must be > 0"),
+    (["--per_device_train_batch_size", "-1"], "--per_device_train_batch_size must be > 0"),
+    (["--mixed_precision", "fp16"], "refused for T5-family"),
+    (["--mixed_precision", "fp8"], "--mixed_precision must be one of"),
+    (["--freeze", "attention"], "--freeze takes any of"),
+    (["--eval_preset", "beam99"], "'beam99' is not a preset"),
+    (["--optimizer", "sgd"], "--optimizer must be one of"),
+    (["--rl_gamma", "1.5"], "--rl_gamma must be in [0, 1]"),
+])
+def test_bad_arguments_fail_clearly(tiny_run, capsys, flags, message):
+    assert train_decoder.main(tiny_run(n_train=4) + flags) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_preset_key_and_fp16_force(tmp_path, tiny_run):
+    preset = tmp_path / "bad.json"
+    preset.write_text(json.dumps({"learning_rte": 0.1}), encoding="utf-8")
+    with pytest.raises(ArgumentError, match="unknown option.*learning_rte"):
+        parse_args([str(preset)])
+    args = parse_args(tiny_run(n_train=4) + ["--mixed_precision", "fp16", "--force_fp16", "true"])
+    check_args(args)  # forced: accepted
+
+
+def test_missing_ckip_data_fails_before_training(tiny_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("TW_ROUGE_CKIP_DIR", raising=False)
+    argv = tiny_run(n_train=4) + ["--segmenter", "ckip"]
+    assert train_decoder.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "python -m tw_rouge download" in err and str(tmp_path / "empty-cache") in err
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_mt5_small_shape_trains_through_the_loop(tmp_path, tiny_tokenizer_dir, lcsts_train):
+    """The published mt5-small shape (vocab 250112, untied lm_head, 300M parameters) from its config
+    with random weights: two optimizer steps and an evaluation through the same loop."""
+    from modeling import MT5_SMALL_CONFIG
+
+    config = tmp_path / "mt5-small-config.json"
+    config.write_text(json.dumps(MT5_SMALL_CONFIG), encoding="utf-8")
+    data = write_jsonl(tmp_path / "train.jsonl", lcsts_train[:8])
+    argv = ["--config_name", str(config), "--tokenizer_name", str(tiny_tokenizer_dir), "--train_file", str(data),
+            "--validation_file", str(data), "--output_dir", str(tmp_path / "out"), "--segmenter", "char",
+            "--max_source_length", "64", "--max_target_length", "16", "--per_device_train_batch_size", "4",
+            "--max_train_steps", "2", "--logging_steps", "1", "--eval_max_new_tokens", "4",
+            "--eval_every_epoch", "false", "--save_steps", "0", "--optimizer", "adamw", "--learning_rate", "1e-4"]
+    torch.set_flush_denormal(True)
+    assert train_decoder.main(argv) == 0
+    losses = train_losses(tmp_path / "out")
+    assert len(losses) == 2 and all(0 < v < 50 for v in losses.values())
+    cfg = json.loads((tmp_path / "out" / "best" / "config.json").read_text(encoding="utf-8"))
+    assert cfg["vocab_size"] == 250112 and cfg["d_model"] == 512 and cfg["tie_word_embeddings"] is False
