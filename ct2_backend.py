@@ -289,6 +289,14 @@ def translate_options(generation_config) -> dict[str, Any]:
     return options
 
 
+def default_cpu_threads() -> int:
+    """``$OMP_NUM_THREADS`` when set (as torch honours it), else every core."""
+    try:
+        return max(int(os.environ.get("OMP_NUM_THREADS", "")), 1)
+    except ValueError:
+        return os.cpu_count() or 1
+
+
 class CT2TitleGenerator:
     """Titles from a converted model with ``ctranslate2.Translator`` (same interface as
     :func:`generation.generate_titles`).
@@ -298,19 +306,24 @@ class CT2TitleGenerator:
         tokenizer: the export's transformers tokenizer (encodes sources, decodes titles).
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         compute_type: CTranslate2 compute type; ``None`` keeps the type the model was converted to.
-        intra_threads: CPU threads per batch (0: all cores).
+        intra_threads: CPU threads per batch (0: ``$OMP_NUM_THREADS`` if set, else all cores).
     """
 
     def __init__(self, ct2_dir: str | os.PathLike, tokenizer, device: str = "cpu", compute_type: str | None = None,
                  intra_threads: int = 0):
-        import ctranslate2
-
         device_type, _, index = str(device).partition(":")
-        self.translator = ctranslate2.Translator(
-            str(ct2_dir), device=device_type, device_index=int(index or 0), compute_type=compute_type or "default",
-            intra_threads=(intra_threads or os.cpu_count() or 1) if device_type == "cpu" else intra_threads)
+        self._translator_kwargs = dict(
+            model_path=str(ct2_dir), device=device_type, device_index=int(index or 0),
+            compute_type=compute_type or "default",
+            intra_threads=(intra_threads or default_cpu_threads()) if device_type == "cpu" else intra_threads)
+        self.translator = self._make_translator()
         self.tokenizer = tokenizer
         self.token_to_id = {tok: i for i, tok in enumerate(_read_vocabulary(Path(ct2_dir)))}
+
+    def _make_translator(self):
+        import ctranslate2
+
+        return ctranslate2.Translator(**self._translator_kwargs)
 
     def generate_ids(
         self,
@@ -325,13 +338,17 @@ class CT2TitleGenerator:
     ) -> list[list[int]]:
         """``[n]`` generated token-id lists (no decoder start, no EOS), in input order. Batches are sorted
         by source length; ``generation_config`` is mapped by :func:`translate_options`; ``seed`` seeds
-        CTranslate2's sampler."""
+        CTranslate2's sampler (when sampling, this reloads the translator: CTranslate2 seeds its worker
+        threads when they start)."""
         import ctranslate2
         from tqdm.auto import tqdm
 
         options = translate_options(generation_config)
-        if seed is not None:
+        if seed is not None and options["sampling_topk"] != 1:
+            # CTranslate2 seeds a worker thread's generator when the thread starts: reload to reseed
             ctranslate2.set_random_seed(int(seed))
+            self.translator = None
+            self.translator = self._make_translator()
         encoded = self.tokenizer([source_prefix + t for t in texts], truncation=True,
                                  max_length=max_source_length)["input_ids"]
         sources = [self.tokenizer.convert_ids_to_tokens(ids) for ids in encoded]

@@ -201,9 +201,27 @@ def resolve_settings(args: PredictArguments, title_config: dict[str, Any]) -> di
     return settings
 
 
+# range checks transformers' GenerationConfig.validate does not make (it accepts num_beams=0, top_p=1.5...)
+_OVERRIDE_RANGES = {
+    "num_beams": (lambda v: v >= 1, ">= 1"), "top_k": (lambda v: v >= 0, ">= 0 (0 = no top-k)"),
+    "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"), "temperature": (lambda v: v > 0, "> 0"),
+    "no_repeat_ngram_size": (lambda v: v >= 0, ">= 0"), "repetition_penalty": (lambda v: v > 0, "> 0"),
+    "max_new_tokens": (lambda v: v >= 1, ">= 1"),
+}
+
+
 def generation_overrides(args: PredictArguments) -> dict[str, Any]:
-    """The GenerationConfig fields given on the command line."""
-    return {name: getattr(args, name) for name in GENERATION_FIELDS if getattr(args, name) is not None}
+    """The GenerationConfig fields given on the command line.
+
+    Raises:
+        UsageError: a value out of range (e.g. ``--top_p 1.5``).
+    """
+    overrides = {name: getattr(args, name) for name in GENERATION_FIELDS if getattr(args, name) is not None}
+    for name, value in overrides.items():
+        check, allowed = _OVERRIDE_RANGES.get(name, (lambda v: True, ""))
+        if not check(value):
+            raise UsageError(f"--{name} must be {allowed}, got {value}")
+    return overrides
 
 
 def load_base_generation_config(model_dir: Path, max_target_length: int):
@@ -245,7 +263,8 @@ def describe_generation(config) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- engines
 
 def select_device(requested: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu`` (then torch uses every core).
+    """``auto`` -> ``cuda`` when available, else ``cpu`` (then torch uses every core, unless
+    ``OMP_NUM_THREADS`` is set).
 
     Raises:
         UsageError: CUDA asked for but not available, or an unknown device name.
@@ -261,7 +280,7 @@ def select_device(requested: str) -> str:
             raise UsageError(f"--device {requested}: CUDA is not available on this machine")
     else:
         raise UsageError(f"--device {requested}: use auto, cpu, cuda or cuda:N")
-    if device == "cpu":
+    if device == "cpu" and not os.environ.get("OMP_NUM_THREADS"):  # an explicit OMP_NUM_THREADS wins
         torch.set_num_threads(os.cpu_count() or 1)
     return device
 
@@ -518,8 +537,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from data_io import DataError
 
     args = parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
+    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger().setLevel(getattr(logging, args.log_level.upper(), logging.INFO))
     try:
         return sweep(args) if args.sweep else predict(args)
     except (UsageError, DataError) as err:

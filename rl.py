@@ -10,7 +10,9 @@ Ahmadian et al. 2024), which needs no greedy decode and keeps the gradient unbia
 mixed with the usual cross-entropy as in Paulus et al. 2018 ("A Deep Reinforced Model for Abstractive
 Summarization", arXiv:1705.04304): ``L = gamma * L_rl + (1 - gamma) * L_ml``.
 
-Everything except :func:`scst_step` and :func:`collect_rollouts` is a pure tensor function. Shapes
+The maths (:func:`sequence_log_probs`, :func:`completion_mask`, :func:`self_critical_advantages`,
+:func:`self_critical_loss`, :func:`mixed_objective`, ...) are pure tensor functions; the model-facing
+pieces are :func:`collect_rollouts`, :func:`policy_log_probs` and :func:`scst_step`. Shapes
 use ``B`` articles, ``K`` samples per article, ``N = B * K`` sampled sequences, ``T`` generated
 tokens and ``V`` vocabulary entries.
 
@@ -451,6 +453,13 @@ def collect_rollouts(
     finally:
         generate_model.train(was_training)
 
+    if sequences.shape[0] != batch_size * num_samples:
+        raise ValueError(f"generate returned {sequences.shape[0]} samples, expected {batch_size} x {num_samples}")
+    if greedy is not None and greedy.shape[0] != batch_size:
+        raise ValueError(
+            f"baseline generation returned {greedy.shape[0]} titles for {batch_size} sources: "
+            "baseline_config must return one sequence per source (num_return_sequences=1)"
+        )
     tokens = strip_decoder_start(sequences, start_id)
     mask = completion_mask(tokens, eos_id, pad_id)
     sample_texts = _decode(tokenizer, tokens.masked_fill(~mask, pad_id))

@@ -201,7 +201,7 @@ class Trainer:
             num_samples=self.args.rl.rl_num_samples, rollout_config=self.rl["rollout"],
             baseline_config=self.rl["baseline"], generate_model=self.accelerator.unwrap_model(self.model))
         self._window["rl"].append(stats)
-        ml_loss = self.supervised_loss(batch) if gamma < 1 else torch.zeros((), device=rl_loss.device)
+        ml_loss = self.supervised_loss(batch) if gamma < 1 else None  # no teacher-forced pass for pure RL
         return mixed_objective(rl_loss, ml_loss, gamma)
 
     # ---- main loop
@@ -280,8 +280,8 @@ class Trainer:
         if "grad_norm" in w:
             row["train/grad_norm"] = w["grad_norm"]
         if w["rl"]:
-            for key in w["rl"][0]:
-                row[f"rl/{key}"] = sum(s[key] for s in w["rl"]) / len(w["rl"])
+            for key in w["rl"][0]:  # scst_step's statistics, already named rl/...
+                row[key if "/" in key else f"rl/{key}"] = sum(s[key] for s in w["rl"]) / len(w["rl"])
         self.log(row)
         self._window = {"loss": 0.0, "micro": 0, "samples": 0, "tokens": 0, "t0": time.time(), "rl": []}
 

@@ -395,6 +395,11 @@ def test_collect_rollouts_rejects_greedy_rollout_config(tiny_tokenizer, pairs):
     with pytest.raises(ValueError, match="returned 1 rewards"):
         rl.collect_rollouts(model, batch["input_ids"], batch["attention_mask"], tiny_tokenizer,
                             lambda p, r: [0.0], ["a", "b"], num_samples=2, rollout_config=rollout)
+    _, greedy_three = configs(model)
+    greedy_three.num_beams = greedy_three.num_return_sequences = 3
+    with pytest.raises(ValueError, match="one sequence per source"):
+        rl.collect_rollouts(model, batch["input_ids"], batch["attention_mask"], tiny_tokenizer, length_reward,
+                            ["a", "b"], num_samples=2, rollout_config=rollout, baseline_config=greedy_three)
     with pytest.raises(ValueError, match="non-finite"):
         rl.collect_rollouts(model, batch["input_ids"], batch["attention_mask"], tiny_tokenizer,
                             lambda p, r: [math.nan] * len(p), ["a", "b"], num_samples=2, rollout_config=rollout)
@@ -483,6 +488,27 @@ def test_scst_step_greedy_baseline_and_references_from_labels(tiny_tokenizer, pa
         rl.scst_step(model, batch, tiny_tokenizer, reward_fn, num_samples=1, rollout_config=rollout)
 
 
+def test_scst_step_with_the_rouge_reward(tiny_tokenizer, pairs):
+    """References equal to the greedy titles: the greedy reward is exactly 1, so with the greedy baseline
+    no sample can have a positive advantage."""
+    model = build_tiny_model(tiny_tokenizer, seed=7)
+    batch = make_batch(tiny_tokenizer, pairs[:4])
+    rollout, greedy = configs(model)
+    with torch.no_grad():
+        greedy_ids = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                    generation_config=greedy)
+    references = [clean_title(t) for t in tiny_tokenizer.batch_decode(greedy_ids, skip_special_tokens=True)]
+    assert all(references)
+    torch.manual_seed(0)
+    loss, stats = rl.scst_step(model, batch, tiny_tokenizer, rl.make_rouge_reward("jieba"), num_samples=4,
+                               rollout_config=rollout, baseline_config=greedy, references=references,
+                               baseline="greedy", normalize="token")
+    assert stats["rl/greedy_reward"] == pytest.approx(1.0)
+    assert stats["rl/sample_reward"] < 1.0
+    assert stats["rl/advantage"] == pytest.approx(stats["rl/sample_reward"] - 1.0) and stats["rl/advantage"] < 0
+    assert loss.requires_grad and math.isfinite(loss.item())
+
+
 def digit_fraction_reward(preds, refs):
     """Easy reward: the share of the title's characters that are digits (about 4% of this vocabulary)."""
     return [sum(ch.isdigit() for ch in p) / len(p) if p else 0.0 for p in preds]
@@ -511,28 +537,29 @@ def mean_of(history, key):
 
 
 def test_rl_raises_an_easy_reward(tiny_tokenizer, pairs):
-    """Pure RL on a random tiny mT5 learns to write digits: the sample and greedy rewards climb from
-    about 0.02 to near 1 in 15 steps (seed 0; seeds 0-4 all end above 0.7)."""
+    """Pure RL (gamma=1) on a random tiny mT5 learns to write digits. Seed sweep (0-19, 20 steps): the
+    mean sample reward of the first 3 steps is 0.01-0.04 and of the last 3 steps 0.97-1.0, except seed 10
+    which settles on a 1-digit-1-other-character piece ("1.") at 0.5; greedy ends at 1.0 (0.5 for seed 10)."""
     model = build_tiny_model(tiny_tokenizer, seed=0)
     batch = make_batch(tiny_tokenizer, pairs)
-    history = run_rl(model, tiny_tokenizer, batch, digit_fraction_reward, steps=15, lr=1e-2)
+    history = run_rl(model, tiny_tokenizer, batch, digit_fraction_reward, steps=20, lr=1e-2)
     first, last = history[:3], history[-3:]
-    assert mean_of(first, "rl/sample_reward") < 0.15
-    assert mean_of(last, "rl/sample_reward") > 0.6
-    assert mean_of(last, "rl/sample_reward") > mean_of(first, "rl/sample_reward") + 0.5
-    assert mean_of(last, "rl/greedy_reward") > 0.6
+    assert mean_of(first, "rl/sample_reward") < 0.1
+    assert mean_of(last, "rl/sample_reward") > mean_of(first, "rl/sample_reward") + 0.4
+    assert mean_of(last, "rl/greedy_reward") > 0.45
     assert mean_of(last, "rl/sample_log_prob") > mean_of(first, "rl/sample_log_prob")  # the policy sharpens
 
 
 def test_rl_learns_to_stop_through_the_eos_action(tiny_tokenizer, pairs):
-    """Reward for an empty title: only the EOS-at-position-0 action earns it, so this learns only if EOS
-    is inside the mask and empty samples are handled."""
-    model = build_tiny_model(tiny_tokenizer, seed=1)
+    """Reward 1 for an empty title: only the EOS-at-position-0 action earns it, so this learns only if
+    EOS is inside the mask and empty samples are handled. Seed sweep (0-9): the empty share goes from
+    0.11-0.45 in the first 2 steps to 0.93-1.0 in the last 2."""
+    model = build_tiny_model(tiny_tokenizer, seed=100)
     batch = make_batch(tiny_tokenizer, pairs)
     boost_token(model, batch, EOS, 0.1)
     history = run_rl(model, tiny_tokenizer, batch, lambda preds, refs: [float(not p) for p in preds],
                      steps=10, lr=1e-2)
     first, last = history[:2], history[-2:]
-    assert mean_of(first, "rl/empty_sample_frac") < 0.3
+    assert mean_of(first, "rl/empty_sample_frac") < 0.5
     assert mean_of(last, "rl/sample_reward") > mean_of(first, "rl/sample_reward") + 0.4
     assert mean_of(last, "rl/sample_length") < mean_of(first, "rl/sample_length") - 1.5

@@ -1,0 +1,64 @@
+"""The RL stage wired into the training loop: starts from a supervised export, reports the supervised
+score before the first step, logs rl/* statistics, keeps the best by validation ROUGE, and resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import train_decoder
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def rl_argv(tmp_path: Path, export: Path, records: list[dict], out: str, extra=()) -> list[str]:
+    data = write_jsonl(tmp_path / "rl_train.jsonl", records)
+    return ["--rl_from", str(export), "--train_file", str(data), "--validation_file", str(data),
+            "--output_dir", str(tmp_path / out), "--segmenter", "char", "--max_source_length", "48",
+            "--max_target_length", "12", "--per_device_train_batch_size", "4", "--rl_num_samples", "2",
+            "--optimizer", "adamw", "--learning_rate", "1e-3", "--lr_scheduler_type", "constant",
+            "--logging_steps", "1", "--eval_every_epoch", "false", "--max_train_steps", "4", "--eval_steps", "2",
+            "--rl_gamma", "0.9", *extra]
+
+
+def rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def test_rl_stage_logs_supervised_score_first_and_rl_statistics(tmp_path, tiny_model_dir, lcsts_train):
+    assert train_decoder.main(rl_argv(tmp_path, tiny_model_dir, lcsts_train[:12], "rl", ["--save_steps", "0"])) == 0
+    out = tmp_path / "rl"
+    metrics = rows(out)
+    evals = [r for r in metrics if "eval/rouge-1" in r]
+    assert [r["step"] for r in evals] == [0, 2, 4]  # the supervised score comes before the first RL step
+    train_rows = [r for r in metrics if "train/loss" in r]
+    assert len(train_rows) == 4
+    for key in ("rl/sample_reward", "rl/greedy_reward", "rl/advantage", "rl/zero_advantage_frac",
+                "rl/sample_length"):
+        assert all(key in r for r in train_rows), key
+    assert all(0.0 <= r["rl/sample_reward"] <= 1.0 for r in train_rows)
+    # the best export is chosen by validation ROUGE, never by the RL loss
+    best = json.loads((out / "best" / "title_config.json").read_text(encoding="utf-8"))
+    best_score = max(r["eval/rouge-sum"] for r in evals)
+    assert best["metrics"]["eval/rouge-sum"] == pytest.approx(best_score)
+    assert best["step"] == next(r["step"] for r in evals if r["eval/rouge-sum"] == best_score)
+    assert (out / "learning_curve.png").exists()
+
+
+def test_rl_stage_resumes_exactly(tmp_path, tiny_model_dir, lcsts_train):
+    records = lcsts_train[:12]
+    assert train_decoder.main(rl_argv(tmp_path, tiny_model_dir, records, "full", ["--save_steps", "0"])) == 0
+    argv = rl_argv(tmp_path, tiny_model_dir, records, "resumed", ["--save_steps", "2"])
+    assert train_decoder.main(argv, stop_after_steps=2) == 0
+    assert train_decoder.main(argv + ["--resume_from_checkpoint", "latest"]) == 0
+    full = {r["step"]: r for r in rows(tmp_path / "full") if "train/loss" in r}
+    resumed = {r["step"]: r for r in rows(tmp_path / "resumed") if "train/loss" in r}
+    assert sorted(resumed) == [1, 2, 3, 4]
+    for step in (3, 4):  # after the resume: same samples (RNG restored), same rewards, same loss
+        assert resumed[step]["rl/sample_reward"] == pytest.approx(full[step]["rl/sample_reward"], abs=1e-9)
+        assert resumed[step]["train/loss"] == pytest.approx(full[step]["train/loss"], rel=1e-5, abs=1e-6)
