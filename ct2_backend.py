@@ -42,6 +42,7 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 # files of the export that change the converted model (weights, architecture, vocabulary)
 SOURCE_FILES = WEIGHT_FILES + ("config.json", "tokenizer.json", "spiece.model", "tokenizer_config.json")
 CONVERSION_INFO = "title_ct2.json"
+T5_FAMILY = ("t5", "mt5")  # CTranslate2's T5Loader; the fixes below are specific to it
 
 # GenerationConfig fields CTranslate2 cannot reproduce, with their neutral values
 _UNSUPPORTED_NEUTRAL = {
@@ -135,6 +136,9 @@ def _converter_class():
 
         def load_model(self, model_class, model_name_or_path, **kwargs):
             model = model_class.from_pretrained(model_name_or_path, **kwargs)
+            if model.config.model_type not in T5_FAMILY:
+                raise ValueError(f"{model_name_or_path}: model type {model.config.model_type!r} is not supported "
+                                 f"by this backend (expected one of {', '.join(T5_FAMILY)})")
             self.scale_outputs = hf_scales_decoder_outputs(model)
             # the CT2 T5 loader reads this flag only to decide the d_model**-0.5 output scaling
             model.config.tie_word_embeddings = self.scale_outputs
@@ -159,13 +163,20 @@ def _source_mtime(model_dir: Path) -> float:
     return max(times, default=0.0)
 
 
-def is_fresh(ct2_dir: str | os.PathLike, model_dir: str | os.PathLike) -> bool:
-    """True when ``ct2_dir`` holds a complete conversion newer than every weight/config/tokenizer file of
-    ``model_dir``."""
+def is_fresh(ct2_dir: str | os.PathLike, model_dir: str | os.PathLike, quantization: str | None = None) -> bool:
+    """True when ``ct2_dir`` holds a complete conversion (of ``quantization``, when given) newer than every
+    weight/config/tokenizer file of ``model_dir``."""
     ct2_dir = Path(ct2_dir)
     needed = [ct2_dir / "model.bin", ct2_dir / "config.json", ct2_dir / CONVERSION_INFO]
     if not all(p.exists() for p in needed):
         return False
+    if quantization is not None:
+        try:
+            recorded = json.loads((ct2_dir / CONVERSION_INFO).read_text(encoding="utf-8")).get("quantization")
+        except (OSError, ValueError, AttributeError):
+            return False
+        if recorded != quantization:
+            return False
     return min(p.stat().st_mtime for p in needed) >= _source_mtime(Path(model_dir))
 
 
@@ -196,7 +207,7 @@ def convert_export(
 
     model_dir = Path(model_dir)
     target = Path(output_dir) if output_dir else default_ct2_dir(model_dir, quantization)
-    if not force and is_fresh(target, model_dir):
+    if not force and is_fresh(target, model_dir, quantization):
         logger.info("using the cached CTranslate2 model %s", target)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -217,7 +228,7 @@ def convert_export(
         try:
             os.replace(staging / "model", target)
         except OSError:
-            if not is_fresh(target, model_dir):  # another process did not just finish the same conversion
+            if not is_fresh(target, model_dir, quantization):  # no other process just finished the same one
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

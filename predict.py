@@ -25,7 +25,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -418,6 +418,9 @@ def sweep(args: PredictArguments) -> int:
     presets = _load_presets(args)
     base = load_base_generation_config(model_dir, settings["max_target_length"])
     overrides = generation_overrides(args)
+    for name in args.sweep:
+        if os.sep in name or (os.altsep and os.altsep in name) or name.startswith("."):
+            raise UsageError(f"--sweep {name!r}: a preset name cannot be used as a file name")
     configs = {name: resolve_generation(base, name, overrides, presets) for name in dict.fromkeys(args.sweep)}
     output_dir = Path(args.output_dir)
     for name in configs:

@@ -53,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data_dir", type=Path, default=REPO.parent / "shared" / "data",
                         help="folder with sogou_news_smarty.jsonl and lcsts_train.jsonl")
     parser.add_argument("--num_articles", type=int, default=64, help="articles for the hf and ct2 backends")
-    parser.add_argument("--naive_articles", type=int, default=16, help="articles for naive one-by-one generate")
+    parser.add_argument("--naive_articles", type=int, default=8,
+                        help="articles for naive one-by-one generate (evenly spaced; keeps the default run short)")
     parser.add_argument("--batch_size", type=int, default=8, help="articles per batch (hf, ct2)")
     parser.add_argument("--new_tokens", type=int, default=64, help="tokens generated per article (forced)")
     parser.add_argument("--max_source_length", type=int, default=512)
@@ -94,7 +95,7 @@ def prepare(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         import ct2_backend
 
         target = ct2_backend.default_ct2_dir(export, args.ct2_compute_type)
-        if not ct2_backend.is_fresh(target, export):
+        if not ct2_backend.is_fresh(target, export, args.ct2_compute_type):
             start = time.perf_counter()
             code = ("import sys, ct2_backend; "
                     f"ct2_backend.convert_export({str(export)!r}, {args.ct2_compute_type!r})")
@@ -243,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         work = args.work_dir
         work.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
     try:
         total_start = time.perf_counter()
         setup = prepare(work, args)
@@ -296,13 +298,15 @@ def main(argv: list[str] | None = None) -> int:
                        if k not in ("worker", "prepare_worker", "json")},
             "mean_source_tokens": mean_len, "setup": setup, "results": results, "speedup_vs_naive": speedups,
             "beam4_target": verdict, "total_seconds": time.perf_counter() - total_start,
+            "load_average": {"before": load_before, "after": os.getloadavg()},
         }
         if args.json:
             from data_io import atomic_write_text
 
             args.json.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
-        print(f"total {report['total_seconds']:.0f} s")
+        print(f"total {report['total_seconds']:.0f} s; 1-minute load average {load_before[0]:.1f} before, "
+              f"{report['load_average']['after'][0]:.1f} after ({os.cpu_count()} CPUs; other jobs skew the figures)")
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -175,6 +175,7 @@ def test_cache_is_reused_and_refreshed(untied, tmp_path):
     ct2_backend.convert_export(model_dir, "float32", output_dir=target)
     assert (target / "model.bin").stat().st_mtime_ns != stamp
     assert ct2_backend.is_fresh(target, model_dir)
+    assert not ct2_backend.is_fresh(target, model_dir, "int8")  # a cache of another quantization is not reused
     assert sorted(p.name for p in target.parent.iterdir()) == ["ct2"]  # no staging or stale directories left
 
 
