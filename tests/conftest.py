@@ -16,6 +16,9 @@ sys.path.insert(0, str(REPO))
 SHARED_DATA = Path(os.environ.get("SHARED_DATA_DIR", REPO.parent / "shared" / "data"))
 
 torch.set_flush_denormal(True)  # random lm_head weights hit subnormal slow paths otherwise
+# Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two threads per process
+# made steps 3-10x slower (oversubscription); one thread keeps the suite's run time predictable.
+torch.set_num_threads(1)
 
 TINY_MT5 = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
                 relative_attention_num_buckets=8, dropout_rate=0.0, feed_forward_proj="gated-gelu",
