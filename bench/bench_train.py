@@ -1,7 +1,7 @@
 """Training throughput: our ``train_decoder.py`` loop against ``transformers.Seq2SeqTrainer``.
 
     PYTHONPATH=. python bench/bench_train.py [--data-dir ../shared/data] [--shapes mt5-small tiny]
-                                             [--repeats 2] [--json OUT] [--work-dir DIR]
+                                             [--repeats R] [--threads T] [--json OUT] [--work-dir DIR]
 
 Contenders (same model weights, tokenizer, data, batch size, seed, optimizer and schedule):
 - ``ours``: ``train_decoder.main`` (dynamic padding, batches grouped by length);
@@ -26,9 +26,10 @@ Method:
   ``TrainerCallback`` (``time.perf_counter()`` at ``on_step_end``). Non-padding source tokens are counted
   on the batches as collated. No evaluation, no checkpoints (ours stops through
   ``main(..., stop_after_steps=W + N)``, which skips the final evaluation and export).
-- Every run is a fresh subprocess (peak RSS = its ``ru_maxrss``); runs are interleaved (ours, max-length,
-  grouped, ours, ...) for ``--repeats`` rounds; each round draws its own pool (seed + round). Figures are
-  medians over rounds; the ratios are medians of the per-round (paired) ratios.
+- Every run is a fresh subprocess (peak RSS = its ``ru_maxrss``); runs are interleaved in rounds (3 by
+  default), the order rotating each round (ours, (2), (3); then (2), (3), ours; then (3), ours, (2)) so
+  that no contender always follows the same one; each round draws its own pool (seed + round), the same
+  for all contenders. Figures are medians over rounds; the ratios are medians of per-round ratios.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import os
 import platform
 import random
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,10 +59,11 @@ LABELS = {
 SHAPES = ("mt5-small", "tiny")
 # per shape: per-device batch, measured optimizer steps N, warm-up steps W (chosen so that the whole
 # run_all stays under 20 minutes on a 2-core CPU; an mt5-small step padded to 512 x 64 takes ~7 s)
-DEFAULTS = {"mt5-small": {"batch_size": 4, "steps": 8, "warmup_steps": 1},
-            "tiny": {"batch_size": 16, "steps": 12, "warmup_steps": 2}}
+DEFAULTS = {"mt5-small": {"batch_size": 4, "steps": 6, "warmup_steps": 1, "repeats": 3},
+            "tiny": {"batch_size": 16, "steps": 8, "warmup_steps": 2, "repeats": 3}}
 TARGET_VS_MAX_LENGTH = 1.5  # ours / (2), samples per second
 TARGET_VS_GROUPED = 1.0  # ours / (3)
+NOISE = 0.03  # a ratio this close below its target is reported as "within noise", not as a miss
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,7 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="folder with sogou_news_smarty.jsonl and csl_abstract_title.jsonl")
     parser.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES), help="model shapes to run")
     parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
-    parser.add_argument("--repeats", type=int, default=2, help="interleaved rounds (median over rounds)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="interleaved rounds of every shape (median over rounds); default: per shape, below")
     for shape, values in DEFAULTS.items():
         prefix = shape.replace("-", "_")
         parser.add_argument(f"--{shape}-batch-size", dest=f"{prefix}_batch_size", type=int,
@@ -78,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             help=f"measured optimizer steps N ({shape})")
         parser.add_argument(f"--{shape}-warmup-steps", dest=f"{prefix}_warmup_steps", type=int,
                             default=values["warmup_steps"], help=f"warm-up optimizer steps W, not timed ({shape})")
+        parser.add_argument(f"--{shape}-repeats", dest=f"{prefix}_repeats", type=int, default=values["repeats"],
+                            help=f"interleaved rounds ({shape})")
     parser.add_argument("--max-source-length", type=int, default=512)
     parser.add_argument("--max-target-length", type=int, default=64)
     parser.add_argument("--long-fraction", type=float, default=0.25,
@@ -94,12 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)  # internal: run one contender
     args = parser.parse_args(argv)
     if args.child is None:
-        if args.repeats <= 0:
-            parser.error("--repeats must be positive")
         for shape in args.shapes:
             p = shape.replace("-", "_")
-            if getattr(args, f"{p}_batch_size") <= 0 or getattr(args, f"{p}_steps") <= 0:
-                parser.error(f"--{shape}-batch-size and --{shape}-steps must be positive")
+            if args.repeats is not None:
+                setattr(args, f"{p}_repeats", args.repeats)
+            if min(getattr(args, f"{p}_{k}") for k in ("batch_size", "steps", "repeats")) <= 0:
+                parser.error(f"--{shape}-batch-size, --{shape}-steps and the repeats must be positive")
             if getattr(args, f"{p}_warmup_steps") < 1:
                 parser.error(f"--{shape}-warmup-steps must be >= 1 (the first step allocates the optimizer state)")
         if args.threads is not None and args.threads <= 0:
@@ -111,8 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def shape_settings(args: argparse.Namespace, shape: str) -> dict[str, int]:
     p = shape.replace("-", "_")
-    return {"batch_size": getattr(args, f"{p}_batch_size"), "steps": getattr(args, f"{p}_steps"),
-            "warmup_steps": getattr(args, f"{p}_warmup_steps")}
+    return {key: getattr(args, f"{p}_{key}") for key in DEFAULTS[shape]}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -227,6 +232,8 @@ def build_models(work_dir: Path, texts: list[str], shapes: list[str], vocab_size
               flush=True)
         del model
         gc.collect()
+    if hasattr(os, "sync"):  # flush the saved weights now, not during the first timed run
+        os.sync()
     return built
 
 
@@ -414,6 +421,8 @@ def summarise_run(raw: dict, warmup_steps: int, steps: int) -> dict[str, Any]:
         "mean_padded_source_len": padded_source / samples,
         "mean_padded_target_len": sum(b["rows"] * b["target_len"] for b in measured) / samples,
         "peak_rss_mb": raw["peak_rss_mb"], "process_s": raw["process_s"], "final_loss": raw["final_loss"],
+        "torch_threads": raw["torch_threads"],
+        "step_s": [round(b - a, 3) for a, b in zip(ends, ends[1:])],  # durations of steps 2.. (diagnostics)
     }
 
 
@@ -424,6 +433,8 @@ def run_child(spec: dict, work_dir: Path, timeout: float) -> dict:
         RuntimeError: the run failed or timed out (with the tail of its log).
     """
     name = spec["name"]
+    shutil.rmtree(spec["output_dir"], ignore_errors=True)  # a kept --work-dir: start from nothing
+    Path(spec["result"]).unlink(missing_ok=True)
     spec_path = work_dir / f"{name}.spec.json"
     spec_path.write_text(json.dumps(spec), encoding="utf-8")
     log_path = work_dir / f"{name}.log"
@@ -449,25 +460,45 @@ def median_of(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
+def paired_ratios(runs: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
+    """``ours / (2)`` and ``ours / (3)``: the median over rounds of the per-round ratios (runs of one
+    round share data and sit close in time), for samples/s and source tokens/s, with the target."""
+    ratios = {}
+    for other, target in (("hf_max_length", TARGET_VS_MAX_LENGTH), ("hf_grouped", TARGET_VS_GROUPED)):
+        if "ours" not in runs or other not in runs:
+            continue
+        pairs = list(zip(runs["ours"], runs[other]))
+        per_round = [o["samples_per_s"] / x["samples_per_s"] for o, x in pairs]
+        per_round_tokens = [o["source_tokens_per_s"] / x["source_tokens_per_s"] for o, x in pairs]
+        ratios[f"ours/{other}"] = {"samples_per_s": statistics.median(per_round), "per_round": per_round,
+                                   "source_tokens_per_s": statistics.median(per_round_tokens), "target": target,
+                                   "met": statistics.median(per_round) >= target}
+    return ratios
+
+
 def bench_shape(args: argparse.Namespace, shape: str, model: dict, long: list[dict], short: list[dict],
                 work_dir: Path) -> dict[str, Any]:
     """All rounds of one shape: ``{"settings", "runs", "summary", "ratios", "identical_batches"}``."""
     settings = shape_settings(args, shape)
-    bs, steps, warmup = settings["batch_size"], settings["steps"], settings["warmup_steps"]
+    bs, steps, warmup, repeats = (settings[k] for k in ("batch_size", "steps", "warmup_steps", "repeats"))
     pool_size = 4 * steps * bs  # mega-batches of `steps` batches (get_length_grouped_indices: len // (4 bs))
     runs: dict[str, list[dict]] = {c: [] for c in args.contenders}
     identical: list[bool] = []
-    for round_index in range(args.repeats):
+    for round_index in range(repeats):
         seed = args.seed + round_index
         train_file = work_dir / f"{shape}-pool-{round_index}.jsonl"
         write_jsonl(train_file, draw_pool(long, short, pool_size, args.long_fraction, seed))
         raws = {}
-        for contender in args.contenders:
+        # rotate the order every round: on a shared machine the run right after another one was seen to
+        # be systematically faster or slower (memory reclaim, other jobs), so no contender keeps one slot
+        shift = round_index % len(args.contenders)
+        for contender in args.contenders[shift:] + args.contenders[:shift]:
             name = f"{shape}-{contender}-{round_index}"
             spec = {"name": name, "contender": contender, "model_dir": model["dir"], "train_file": str(train_file),
                     "output_dir": str(work_dir / name), "result": str(work_dir / f"{name}.result.json"),
                     "max_source_length": args.max_source_length, "max_target_length": args.max_target_length,
-                    "learning_rate": args.learning_rate, "seed": seed, "threads": args.threads, **settings}
+                    "learning_rate": args.learning_rate, "seed": seed, "threads": args.threads,
+                    "batch_size": bs, "steps": steps, "warmup_steps": warmup}
             t0 = time.perf_counter()
             raw = run_child(spec, work_dir, args.child_timeout)
             if contender != "ours" and raw.get("lm_head_tied"):
@@ -480,7 +511,7 @@ def bench_shape(args: argparse.Namespace, shape: str, model: dict, long: list[di
             summary = summarise_run(raw, warmup, steps)
             raws[contender] = raw
             runs[contender].append({"round": round_index, "seed": seed, **summary})
-            print(f"  [{shape}] round {round_index + 1}/{args.repeats} {contender:>13}: "
+            print(f"  [{shape}] round {round_index + 1}/{repeats} {contender:>13}: "
                   f"{summary['samples_per_s']:.2f} samples/s, {summary['source_tokens_per_s']:,.0f} source tokens/s, "
                   f"{summary['s_per_step']:.2f} s/step, peak RSS {summary['peak_rss_mb'] / 1024:.1f} GiB "
                   f"({time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
@@ -490,16 +521,7 @@ def bench_shape(args: argparse.Namespace, shape: str, model: dict, long: list[di
     summary = {c: {key: median_of(rs, key) for key in
                    ("samples_per_s", "source_tokens_per_s", "s_per_step", "peak_rss_mb", "source_padding_efficiency",
                     "mean_padded_source_len", "mean_padded_target_len")} for c, rs in runs.items()}
-    ratios = {}
-    for other in ("hf_max_length", "hf_grouped"):
-        if "ours" in runs and other in runs:
-            per_round = [o["samples_per_s"] / x["samples_per_s"] for o, x in zip(runs["ours"], runs[other])]
-            per_round_tokens = [o["source_tokens_per_s"] / x["source_tokens_per_s"]
-                                for o, x in zip(runs["ours"], runs[other])]
-            target = TARGET_VS_MAX_LENGTH if other == "hf_max_length" else TARGET_VS_GROUPED
-            ratios[f"ours/{other}"] = {"samples_per_s": statistics.median(per_round), "per_round": per_round,
-                                       "source_tokens_per_s": statistics.median(per_round_tokens),
-                                       "target": target, "met": statistics.median(per_round) >= target}
+    ratios = paired_ratios(runs)
     return {"settings": {**settings, "pool_size": pool_size, "long_fraction": args.long_fraction},
             "model": {"parameters": model["parameters"], "config": model["config"]},
             "runs": runs, "summary": summary, "ratios": ratios, "identical_batches": identical}
@@ -526,13 +548,15 @@ def markdown_table(results: dict) -> str:
     lines = [f"Training throughput: max_source_length {s['max_source_length']}, max_target_length "
              f"{s['max_target_length']}, AdamW (fused) lr {s['learning_rate']:g}, fp32, no evaluation/checkpoints; "
              f"pools of Sogou articles ({s['long_fraction']:.0%}) + CSL abstracts; steady state after warm-up; "
-             f"median of {s['repeats']} interleaved rounds."]
+             "figures are medians of interleaved rounds (the order rotating each round), ratios medians of per-round "
+             "ratios."]
     for shape, r in results["shapes"].items():
-        st, model = r["settings"], r["model"]
-        lines += ["", f"**{shape}** ({model['parameters'] / 1e6:.1f}M parameters, vocab {model['config']['vocab_size']:,}"
-                      f", d_model {model['config']['d_model']}, {model['config']['num_layers']}+"
-                      f"{model['config']['num_decoder_layers']} layers): batch {st['batch_size']}, "
-                      f"{st['steps']} steps timed after {st['warmup_steps']} warm-up, pool of {st['pool_size']} pairs",
+        st, model, config = r["settings"], r["model"], r["model"]["config"]
+        lines += ["", f"**{shape}** ({model['parameters'] / 1e6:.1f}M parameters, vocab {config['vocab_size']:,}, "
+                      f"d_model {config['d_model']}, {config['num_layers']}+{config['num_decoder_layers']} layers): "
+                      f"batch {st['batch_size']}, "
+                      f"{st['steps']} steps timed after {st['warmup_steps']} warm-up, pool of {st['pool_size']} pairs, "
+                      f"{st['repeats']} rounds",
                   "",
                   "| contender | samples/s | source tokens/s | s/optimizer step | peak RSS (GiB) | padded source len | "
                   "padded title len | source padding efficiency |",
@@ -544,7 +568,12 @@ def markdown_table(results: dict) -> str:
         lines.append("")
         for name, ratio in r["ratios"].items():
             other = name.split("/")[1]
-            verdict = "met" if ratio["met"] else "MISSED"
+            if ratio["met"]:
+                verdict = "met"
+            elif ratio["samples_per_s"] >= ratio["target"] - NOISE:
+                verdict = f"not met, but within {NOISE:.0%} (measurement noise)"
+            else:
+                verdict = "MISSED"
             rounds = ", ".join(f"{x:.2f}" for x in ratio["per_round"])
             lines.append(f"- ours / {LABELS[other].split(' ')[0]}: x{ratio['samples_per_s']:.2f} samples/s "
                          f"(rounds: {rounds}), x{ratio['source_tokens_per_s']:.2f} source tokens/s; target "
@@ -552,8 +581,10 @@ def markdown_table(results: dict) -> str:
         if r["identical_batches"]:
             same = all(r["identical_batches"])
             lines.append(f"- ours and (3) trained on identical batches: {'yes' if same else 'NO'}")
-    lines += ["", f"1-minute load average at the end: {results['environment']['load_average_1min']:.2f} on "
-                  f"{results['environment']['cpu_count']} CPUs ({results['environment']['torch_threads']} torch threads)"]
+    threads = sorted({run["torch_threads"] for r in results["shapes"].values()
+                      for shape_runs in r["runs"].values() for run in shape_runs})
+    lines += ["", f"torch threads per run: {', '.join(map(str, threads))}; 1-minute load average at the end: "
+                  f"{results['environment']['load_average_1min']:.2f} on {results['environment']['cpu_count']} CPUs"]
     return "\n".join(lines)
 
 
@@ -564,10 +595,10 @@ def bench(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     models = build_models(work_dir, texts, args.shapes, args.vocab_size, args.seed)
     shapes = {}
     for shape in args.shapes:
-        print(f"{shape}: {', '.join(args.contenders)} x {args.repeats} rounds", flush=True)
+        print(f"{shape}: {', '.join(args.contenders)} x {shape_settings(args, shape)['repeats']} rounds", flush=True)
         shapes[shape] = bench_shape(args, shape, models[shape], long, short, work_dir)
     settings = {k: getattr(args, k) for k in ("max_source_length", "max_target_length", "learning_rate",
-                                                "long_fraction", "repeats", "seed", "vocab_size", "threads")}
+                                                "long_fraction", "seed", "vocab_size", "threads")}
     return {"benchmark": "train", "settings": settings, "shapes": shapes}
 
 
