@@ -50,12 +50,20 @@ def plot_learning_curves(metrics_path: str | os.PathLike, out_png: str | os.Path
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    out_png = Path(out_png)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_png.stem}.", suffix=".png", dir=out_png.parent)
+    save_figure_atomic(fig, out_png)
+
+
+def save_figure_atomic(fig, path: str | os.PathLike, dpi: int = 100) -> None:
+    """Save a matplotlib figure as PNG via a temp file in the same directory and ``os.replace``, then
+    close it; an existing file is replaced whole or not at all."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, out_png)
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
     finally:
         plt.close(fig)
         if os.path.exists(tmp):

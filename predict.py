@@ -510,15 +510,9 @@ def sweep_plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax_time.set_ylabel("seconds per article")
     ax_time.set_title("speed")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from plotting import save_figure_atomic
+
+    save_figure_atomic(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------- main

@@ -94,3 +94,14 @@ def fresh_accelerate_state():
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
+
+
+@pytest.fixture()
+def one_thread(monkeypatch):
+    """One thread here and in subprocesses (run.sh, CTranslate2): tiny models run fastest that way, and
+    far faster when other jobs share the cores."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -17,14 +17,7 @@ import predict  # noqa: E402
 from generation import clean_title, generate_titles, load_presets, resolve_generation_config  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """Tiny models run fastest on one thread (and far faster when other jobs share the cores)."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_export(tokenizer, out_dir: Path, *, eos_scale: float = 2.0, seed: int = 0, max_new_tokens: int = 16):
