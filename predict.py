@@ -488,8 +488,6 @@ def sweep_markdown(rows: list[dict[str, Any]], args: PredictArguments, segmenter
 
 def sweep_plot(rows: list[dict[str, Any]], path: Path) -> None:
     """Bar chart of ROUGE F per preset (left) and seconds per article (right), written atomically."""
-    import tempfile
-
     import matplotlib
 
     matplotlib.use("Agg")
