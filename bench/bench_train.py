@@ -41,6 +41,7 @@ import platform
 import random
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -610,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
         return child_main(args.child)
     if args.json and not args.json.parent.is_dir():
         raise SystemExit(f"error: output directory {args.json.parent} does not exist")
+    # a SIGTERM (run_all's timeout) unwinds normally: the running child is killed, the temp dir removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started = time.perf_counter()
     try:
         if args.work_dir is not None:

@@ -109,10 +109,15 @@ def run_benchmark(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     def stop() -> None:
         timed_out.set()
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for sig, grace in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 0.0)):  # let it clean up first
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout=grace or None)
+                return
+            except ProcessLookupError:
+                return
+            except subprocess.TimeoutExpired:
+                continue
 
     watchdog = threading.Timer(args.timeout, stop)
     watchdog.start()

@@ -4,9 +4,6 @@ batch accounting on real collated batches, and run_all's report when a benchmark
 from __future__ import annotations
 
 import importlib.util
-import json
-import sys
-from pathlib import Path
 
 import pytest
 
