@@ -105,3 +105,18 @@ def one_thread(monkeypatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def save_tiny_export(tokenizer, out_dir, *, eos_scale: float = 2.0, seed: int = 0, max_new_tokens: int = 16,
+                     **overrides):
+    """Save a random tiny mT5 (config ``overrides`` applied) with its tokenizer, and return it in eval mode.
+    Its titles end at varied lengths: the EOS row of ``lm_head`` is scaled up so EOS competes, and the pad
+    row is zeroed (a trained model never emits pad, the decoder start token)."""
+    model = build_tiny_model(tokenizer, seed=seed, **overrides)
+    with torch.no_grad():
+        model.lm_head.weight[model.config.eos_token_id] *= eos_scale
+        model.lm_head.weight[model.config.pad_token_id] = 0
+    model.generation_config.max_new_tokens = max_new_tokens
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    return model.eval()

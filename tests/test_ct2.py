@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import build_tiny_model
+from conftest import save_tiny_export
 
 ct2 = pytest.importorskip("ctranslate2")
 
@@ -22,21 +22,15 @@ from generation import clean_title, load_presets, resolve_generation_config  # n
 
 def make_export(tokenizer, out_dir: Path, *, tied: bool, eos_scale: float, seed: int = 0, extra_rows: int = 0,
                 max_new_tokens: int = 16):
-    """Save a random tiny mT5 whose titles end at varied lengths: the EOS row of ``lm_head`` is scaled up
-    so EOS competes, and the pad row is zeroed (a trained model never emits pad, the decoder start token)."""
+    """A tiny export (see ``save_tiny_export``), tied or untied, optionally with model rows the tokenizer
+    does not know."""
     from modeling import round_up
 
     overrides = {"tie_word_embeddings": tied}
     if extra_rows:
         overrides["vocab_size"] = round_up(len(tokenizer)) + extra_rows
-    model = build_tiny_model(tokenizer, seed=seed, **overrides)
-    with torch.no_grad():
-        model.lm_head.weight[model.config.eos_token_id] *= eos_scale
-        model.lm_head.weight[model.config.pad_token_id] = 0
-    model.generation_config.max_new_tokens = max_new_tokens
-    model.save_pretrained(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
-    return model.eval()
+    return save_tiny_export(tokenizer, out_dir, eos_scale=eos_scale, seed=seed, max_new_tokens=max_new_tokens,
+                            **overrides)
 
 
 def hf_ids(model, tokenizer, texts, generation_config, max_source_length=512) -> list[list[int]]:

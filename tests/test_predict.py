@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, build_tiny_model
+from conftest import REPO, save_tiny_export
 
 import predict  # noqa: E402
 from generation import clean_title, generate_titles, load_presets, resolve_generation_config  # noqa: E402
@@ -20,17 +20,7 @@ from generation import clean_title, generate_titles, load_presets, resolve_gener
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_export(tokenizer, out_dir: Path, *, eos_scale: float = 2.0, seed: int = 0, max_new_tokens: int = 16):
-    """A random tiny untied mT5 saved with its tokenizer; the EOS row of ``lm_head`` is scaled so titles
-    end at varied lengths, and the pad row zeroed (a trained model never emits pad)."""
-    model = build_tiny_model(tokenizer, seed=seed)
-    with torch.no_grad():
-        model.lm_head.weight[model.config.eos_token_id] *= eos_scale
-        model.lm_head.weight[model.config.pad_token_id] = 0
-    model.generation_config.max_new_tokens = max_new_tokens
-    model.save_pretrained(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
-    return model.eval()
+make_export = save_tiny_export  # a random tiny untied mT5 export whose titles end at varied lengths
 
 
 def one_by_one(model, tokenizer, texts, config, max_source_length=512, prefix="") -> list[str]:
