@@ -33,14 +33,14 @@ from typing import Any, Sequence
 
 import torch
 
+from export import TOKENIZER_FILES, WEIGHT_FILES
 from generation import clean_title, length_sorted_batches
 
 logger = logging.getLogger(__name__)
 
 UNUSED_TOKEN = "<ct2_unused_{}>"  # name of a model row the tokenizer has no piece for
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-# files of the export that change the converted model (weights, architecture, vocabulary)
-SOURCE_FILES = WEIGHT_FILES + ("config.json", "tokenizer.json", "spiece.model", "tokenizer_config.json")
+# files of the export (export.py's contract) that change the converted model: weights, architecture, vocabulary
+SOURCE_FILES = WEIGHT_FILES + ("config.json",) + TOKENIZER_FILES
 CONVERSION_INFO = "title_ct2.json"
 T5_FAMILY = ("t5", "mt5")  # CTranslate2's T5Loader; the fixes below are specific to it
 

@@ -7,12 +7,13 @@ file is never left half-written, and a write never replaces one of the input fil
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import IO, Any, Iterable, Iterator, Sequence
 
 
 class DataError(ValueError):
@@ -28,7 +29,7 @@ class DataError(ValueError):
 def read_jsonl(
     path: str | os.PathLike,
     *,
-    text_column: str = "maintext",
+    text_column: str | None = "maintext",
     summary_column: str = "title",
     require_summary: bool = True,
     allow_empty_text: bool = False,
@@ -37,7 +38,8 @@ def read_jsonl(
 
     Args:
         path: the file.
-        text_column: field holding the source article (must be a string).
+        text_column: field holding the source article (must be a string); None: not checked (files of
+            titles only, such as submissions).
         summary_column: field holding the reference title.
         require_summary: training/evaluation data need a string ``summary_column``; prediction input
             does not (when present it must still be a string).
@@ -84,7 +86,8 @@ def read_jsonl(
         if rid in seen_ids:
             raise DataError(path, f"duplicate id {rid!r} (first seen on line {seen_ids[rid]})", lineno)
         seen_ids[rid] = lineno
-        _check_string_field(record, text_column, path, lineno, required=True, allow_empty=allow_empty_text)
+        if text_column is not None:
+            _check_string_field(record, text_column, path, lineno, required=True, allow_empty=allow_empty_text)
         _check_string_field(record, summary_column, path, lineno, required=require_summary, allow_empty=True)
         records.append(record)
     return records
@@ -130,19 +133,33 @@ def write_jsonl_atomic(
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` via a temp file in the same directory and ``os.replace``.
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_open`)."""
+    with atomic_open(path, "w") as f:
+        f.write(text)
 
-    The result has the permissions a plain ``open(path, "w")`` would give it (an existing file keeps
-    its mode), not the ``0600`` of ``tempfile.mkstemp``. On any error the temp file is removed and an
-    existing ``path`` is left untouched.
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing (``mode`` ``"w"``: UTF-8 text, ``"wb"``: bytes);
+    when the block completes, flush, fsync and ``os.replace`` it over ``path``.
+
+    The result has the permissions a plain ``open(path, "w")`` would give it (an existing file keeps its
+    mode), not the ``0600`` of ``tempfile.mkstemp``. On any error, or an interruption, the temporary file is
+    removed and an existing ``path`` is left untouched.
+
+    Raises:
+        ValueError: ``mode`` is not ``"w"`` or ``"wb"``.
+        OSError: the directory does not exist or is not writable.
     """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes only, with mode 'w' or 'wb' (got {mode!r})")
     path = Path(path)
-    mode = _target_mode(path)
+    file_mode = _target_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), mode)
-            f.write(text)
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+            os.fchmod(f.fileno(), file_mode)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

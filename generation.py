@@ -39,15 +39,23 @@ def load_presets(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
     return presets
 
 
+MODEL_FIELDS = ("decoder_start_token_id", "bos_token_id", "eos_token_id", "pad_token_id", "max_new_tokens")
+"""What a named preset keeps of the model's own generation config: special-token ids and the length limit."""
+
+
 def resolve_generation_config(
     base,
     preset: str | None = None,
     overrides: dict[str, Any] | None = None,
     presets: dict[str, dict[str, Any]] | None = None,
 ):
-    """A ``GenerationConfig``: ``base`` (the model's own, for special token ids) updated with the preset's
-    fields, then with ``overrides`` (None values ignored). Sampling fields are reset to neutral values
-    when a greedy/beam preset follows, so nothing leaks from the model's defaults.
+    """A ``GenerationConfig`` for ``generate``.
+
+    With a ``preset`` name: the preset's fields over only the :data:`MODEL_FIELDS` of ``base`` (the model's
+    special-token ids and ``max_new_tokens``), so nothing of another strategy stored in ``base`` (say the
+    ``no_repeat_ngram_size`` of an export's selected preset) leaks into it. Without one: ``base`` as it is
+    (an export's own strategy). Then ``overrides`` (None values ignored). Sampling fields are reset to
+    neutral values for greedy/beam search.
 
     Raises:
         KeyError: unknown preset name (the message lists the known ones).
@@ -57,12 +65,17 @@ def resolve_generation_config(
 
     presets = presets if presets is not None else load_presets()
     fields: dict[str, Any] = {}
+    if base is None:
+        config = GenerationConfig()
+    elif preset is None:
+        config = GenerationConfig.from_dict(base.to_dict())
+    else:
+        config = GenerationConfig(**{k: getattr(base, k) for k in MODEL_FIELDS if getattr(base, k, None) is not None})
     if preset is not None:
         if preset not in presets:
             raise KeyError(f"unknown decoding preset {preset!r}; known: {', '.join(sorted(presets))}")
         fields.update(presets[preset])
     fields.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    config = GenerationConfig.from_dict(base.to_dict()) if base is not None else GenerationConfig()
     if not fields.get("do_sample", config.do_sample):
         fields.setdefault("do_sample", False)
         for name in ("temperature", "top_k", "top_p"):

@@ -16,6 +16,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
+from transformers import HfArgumentParser
+
+from data_io import atomic_write_text
+from export import TitleConfig
+from generation import load_presets
+from tw_rouge import CkipSegmenter, get_segmenter
+
 OPTIMIZERS = ("adafactor", "adamw")
 PRECISIONS = ("no", "bf16", "fp16")
 FREEZABLE = ("encoder", "decoder", "embeddings")
@@ -58,12 +65,16 @@ class DataArguments:
     train_file: Optional[str] = field(default="data/train.jsonl", metadata={"help": "Training JSON lines."})
     validation_file: Optional[str] = field(
         default="data/public.jsonl", metadata={"help": "Validation JSON lines (scored with tw_rouge)."})
-    text_column: str = field(default="maintext", metadata={"help": "Field with the article."})
+    # the defaults shared with prediction come from the export contract (export.TitleConfig)
+    text_column: str = field(default=TitleConfig.text_column, metadata={"help": "Field with the article."})
     summary_column: str = field(default="title", metadata={"help": "Field with the reference title."})
-    source_prefix: str = field(default="", metadata={"help": "Text put before every article (e.g. 'summarize: ')."})
-    max_source_length: int = field(default=512, metadata={"help": "Articles are truncated to this many tokens."})
+    source_prefix: str = field(default=TitleConfig.source_prefix,
+                               metadata={"help": "Text put before every article (e.g. 'summarize: ')."})
+    max_source_length: int = field(default=TitleConfig.max_source_length,
+                                   metadata={"help": "Articles are truncated to this many tokens."})
     max_target_length: int = field(
-        default=64, metadata={"help": "Titles are truncated to this many tokens; also the max new tokens at eval."})
+        default=TitleConfig.max_target_length,
+        metadata={"help": "Titles are truncated to this many tokens; also the max new tokens at eval."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N training pairs."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N validation pairs."})
 
@@ -73,7 +84,9 @@ class TrainArguments:
     output_dir: str = field(default="outputs/mt5-small", metadata={"help": "Checkpoints, best/ export, metrics."})
     seed: int = field(default=42, metadata={"help": "Random seed (model init, data order, dropout)."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Training batch per device."})
-    per_device_eval_batch_size: int = field(default=32, metadata={"help": "Generation batch per device at eval."})
+    per_device_eval_batch_size: int = field(default=TitleConfig.per_device_eval_batch_size,
+                                            metadata={"help": "Generation batch per device at eval (and the "
+                                                              "prediction batch recorded in the export)."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
     optimizer: str = field(default="adafactor", metadata={"help": "adafactor (T5 recipe: fixed lr, no "
                                                                    "parameter scaling) or adamw."})
@@ -151,9 +164,7 @@ class Args:
         return {group: vars(getattr(self, group)).copy() for group in ("model", "data", "train", "eval", "rl")}
 
 
-def build_parser():
-    from transformers import HfArgumentParser
-
+def build_parser() -> HfArgumentParser:
     parser = HfArgumentParser(ARG_CLASSES)
     parser.prog = "train_decoder.py"
     parser.usage = "train_decoder.py [PRESET.json] [--flag value ...]"
@@ -164,15 +175,18 @@ def parse_args(argv: list[str] | None = None) -> Args:
     """Parse ``[PRESET.json] [--flag value ...]``: preset values override defaults, flags override both.
 
     Raises:
-        ArgumentError: unreadable preset, or a preset key that is not an option.
-        SystemExit: argparse's own errors (unknown flag, bad value) and ``--help``.
+        ArgumentError: unreadable preset, a preset key that is not an option, or an unknown flag.
+        SystemExit: argparse's own errors (bad value, missing value; exit status 2) and ``--help``.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if argv and argv[0].endswith(".json") and not argv[0].startswith("-"):
         preset_path = resolve_repo_path(argv.pop(0))
         parser.set_defaults(**read_preset(preset_path))
-    groups = parser.parse_args_into_dataclasses(args=argv)
+    *groups, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        raise ArgumentError(f"unknown option(s) {' '.join(unknown)} (train_decoder.py --help lists them; a preset "
+                            "JSON must come first)")
     return Args(*groups)
 
 
@@ -270,8 +284,6 @@ def check_args(args: Args) -> None:
     if m.use_lora:
         need(m.lora_r > 0, f"--lora_r must be > 0 (got {m.lora_r})")
     try:
-        from generation import load_presets
-
         presets = load_presets(e.presets_file)
         for flag, name in (("--eval_preset", e.eval_preset), ("--rl_rollout_preset", r.rl_rollout_preset),
                            ("--rl_baseline_preset", r.rl_baseline_preset)):
@@ -279,7 +291,16 @@ def check_args(args: Args) -> None:
     except (OSError, ValueError) as err:
         problems.append(f"--presets_file: {err}")
     if problems:
-        raise ArgumentError("invalid arguments:\n  - " + "\n  - ".join(problems))
+        message = "invalid arguments:\n  - " + "\n  - ".join(problems)
+        if any(flag in p and "file not found" in p for p in problems for flag in ("--train_file", "--validation_file")):
+            message += ("\n" + MISSING_DATA_HINT)
+        raise ArgumentError(message)
+
+
+MISSING_DATA_HINT = (
+    "The homework data goes in data/train.jsonl and data/public.jsonl (or pass --train_file and "
+    "--validation_file).\nTo try the whole pipeline offline on the sample data shipped in data/sample/:\n"
+    "    bash train.sh configs/tiny-cpu.json")
 
 
 def check_segmenter_data(args: Args) -> None:
@@ -288,8 +309,6 @@ def check_segmenter_data(args: Args) -> None:
     Raises:
         tw_rouge.CkipDataMissingError: with the download command in its message.
     """
-    from tw_rouge import CkipSegmenter, get_segmenter
-
     segmenter = get_segmenter(args.eval.segmenter)
     if isinstance(segmenter, CkipSegmenter):
         segmenter.check_data()
@@ -297,6 +316,4 @@ def check_segmenter_data(args: Args) -> None:
 
 def save_args(args: Args, path: str | os.PathLike) -> None:
     """Write the resolved configuration as JSON (atomically)."""
-    from data_io import atomic_write_text
-
     atomic_write_text(path, json.dumps(args.to_dict(), indent=2, ensure_ascii=False) + "\n")

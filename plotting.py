@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from pathlib import Path
+
+from data_io import atomic_open
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
@@ -54,17 +54,12 @@ def plot_learning_curves(metrics_path: str | os.PathLike, out_png: str | os.Path
 
 
 def save_figure_atomic(fig, path: str | os.PathLike, dpi: int = 100) -> None:
-    """Save a matplotlib figure as PNG via a temp file in the same directory and ``os.replace``, then
-    close it; an existing file is replaced whole or not at all."""
+    """Save a matplotlib figure as PNG atomically (:func:`data_io.atomic_open`: an existing file is replaced
+    whole or not at all, with the usual file permissions), then close it."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=dpi)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -7,8 +7,9 @@
 
 Input: JSON lines with ``id`` and the article (``maintext``; may be empty); ``title`` is optional.
 Output: one ``{"title": ..., "id": ...}`` line per input line, in input order, written atomically.
-Settings the training run recorded in ``MODEL_DIR/title_config.json`` (source length and prefix, text
-column, batch size, evaluation preset) are the defaults; flags override them.
+The export's ``title_config.json`` (``export.TitleConfig``: source length and prefix, text column, batch
+size) gives the defaults, and its ``generation_config.json`` the decoding strategy (the one training
+selected or evaluated with); ``--preset`` names another, and flags override single fields.
 
 Sweep mode runs each preset on a labelled file, scores it with tw_rouge and writes ``sweep.md``,
 ``sweep.csv``, ``sweep.png`` and ``PRESET.jsonl`` (the predictions) to ``--output_dir``.
@@ -20,6 +21,8 @@ created and an existing one is left as it was.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import os
@@ -29,14 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-logger = logging.getLogger("predict")
+import torch
 
-TITLE_CONFIG = "title_config.json"
-# used when the export has no title_config.json (or lacks a key)
-TRAINING_DEFAULTS = dict(max_source_length=512, max_target_length=64, source_prefix="", text_column="maintext",
-                         per_device_eval_batch_size=16, eval_preset="beam5")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
+import ct2_backend
+from data_io import DataError, atomic_write_text, read_jsonl, write_jsonl_atomic
+from export import TITLE_CONFIG_FILE, ExportError, TitleConfig, check_export
+from generation import generate_titles, load_presets, resolve_generation_config
+from modeling import get_tokenizer
+from plotting import save_figure_atomic
+from tw_rouge import get_rouge, get_segmenter
+
+logger = logging.getLogger("predict")
 # CLI flags that override GenerationConfig fields (None = keep the preset's / model's value)
 GENERATION_FIELDS = ("num_beams", "do_sample", "top_k", "top_p", "temperature", "length_penalty",
                      "no_repeat_ngram_size", "repetition_penalty", "max_new_tokens")
@@ -51,7 +57,8 @@ class PredictArguments:
     output_file: Optional[str] = field(
         default=None, metadata={"help": "Where to write {'title', 'id'} JSON lines (parent dirs are created)."})
     preset: Optional[str] = field(
-        default=None, metadata={"help": "Decoding preset name (default: the training run's eval_preset, else beam5)."})
+        default=None, metadata={"help": "Decoding preset name (default: the export's own strategy, its "
+                                        "generation_config.json; beam5 for an export without title_config.json)."})
     presets_file: Optional[str] = field(
         default=None, metadata={"help": "JSON file of presets (default: configs/generation_presets.json)."})
     num_beams: Optional[int] = field(default=None, metadata={"help": "Override: beams (1 = greedy or sampling)."})
@@ -70,7 +77,8 @@ class PredictArguments:
                                         "config, else the training max_target_length, else 64)."})
     seed: Optional[int] = field(default=None, metadata={"help": "Random seed for the sampling presets."})
     per_device_batch_size: Optional[int] = field(
-        default=None, metadata={"help": "Articles per generate call (default: training's per_device_eval_batch_size, else 16)."})
+        default=None, metadata={"help": "Articles per generate call (default: training's per_device_eval_batch_size, "
+                                        "else 32)."})
     max_source_length: Optional[int] = field(
         default=None, metadata={"help": "Truncate articles to this many tokens (default: as trained, else 512)."})
     source_prefix: Optional[str] = field(
@@ -132,73 +140,43 @@ def check_output_path(output: str, protected: Sequence[str]) -> None:
 
 
 def check_model_dir(model_dir: str | None) -> Path:
-    """Check that ``model_dir`` looks like a ``save_pretrained`` export before anything is loaded.
-
-    Raises:
-        UsageError: missing directory, no (valid) ``config.json``, no weights or no tokenizer files.
-    """
-    if not model_dir:
-        raise UsageError("--model_dir is required (a save_pretrained export of the trained model)")
-    path = Path(model_dir)
-    if not path.is_dir():
-        raise UsageError(f"{model_dir}: model directory not found" if not path.exists()
-                         else f"{model_dir}: not a directory")
-    config = path / "config.json"
-    if not config.is_file():
-        raise UsageError(f"{model_dir}: not a model directory (no config.json); expected the export written by "
-                         "training (config.json, model.safetensors, tokenizer files)")
+    """:func:`export.check_export` with its errors as :class:`UsageError`."""
     try:
-        fields_ = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"{config}: not a valid model config ({err})") from err
-    if not isinstance(fields_, dict) or "model_type" not in fields_:
-        raise UsageError(f"{config}: not a transformers model config (no 'model_type')")
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
-        raise UsageError(f"{model_dir}: no model weights ({' or '.join(WEIGHT_FILES[::2])})")
-    if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise UsageError(f"{model_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer "
-                         "with the model")
-    return path
+        return check_export(model_dir)
+    except ExportError as err:
+        raise UsageError(str(err)) from err
 
 
-def read_title_config(model_dir: Path) -> dict[str, Any]:
-    """The training settings recorded in ``title_config.json`` over :data:`TRAINING_DEFAULTS`.
+def read_title_config(model_dir: Path) -> TitleConfig:
+    """The export's :class:`export.TitleConfig` (its defaults when the export has none).
 
     Raises:
-        UsageError: the file exists but is not a JSON object.
+        UsageError: a malformed ``title_config.json`` (the message names the file).
     """
-    settings = dict(TRAINING_DEFAULTS)
-    path = model_dir / TITLE_CONFIG
-    if path.exists():
-        try:
-            recorded = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise UsageError(f"{path}: unreadable ({err})") from err
-        if not isinstance(recorded, dict):
-            raise UsageError(f"{path}: expected a JSON object")
-        settings.update({k: v for k, v in recorded.items() if v is not None})
-    return settings
+    try:
+        return TitleConfig.load(model_dir)
+    except ExportError as err:
+        raise UsageError(str(err)) from err
 
 
-def resolve_settings(args: PredictArguments, title_config: dict[str, Any]) -> dict[str, Any]:
-    """Source-side settings: the flag when given, else what training recorded, else the default.
+def resolve_settings(args: PredictArguments, title_config: TitleConfig) -> dict[str, Any]:
+    """Source-side settings: the flag when given, else what training recorded (else the contract's default).
 
     Raises:
-        UsageError: a non-positive length or batch size.
+        UsageError: a non-positive length, batch size or sample count.
     """
-    settings = dict(
-        max_source_length=args.max_source_length or int(title_config["max_source_length"]),
-        source_prefix=args.source_prefix if args.source_prefix is not None else str(title_config["source_prefix"]),
-        text_column=args.text_column or str(title_config["text_column"]),
-        batch_size=args.per_device_batch_size or int(title_config["per_device_eval_batch_size"]),
-        max_target_length=int(title_config["max_target_length"]),
+    for flag in ("max_source_length", "per_device_batch_size", "max_samples"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise UsageError(f"--{flag} must be positive, got {value}")
+    pick = lambda value, recorded: recorded if value is None else value  # noqa: E731 - 0 is a value, not "unset"
+    return dict(
+        max_source_length=pick(args.max_source_length, title_config.max_source_length),
+        source_prefix=pick(args.source_prefix, title_config.source_prefix),
+        text_column=pick(args.text_column, title_config.text_column),
+        batch_size=pick(args.per_device_batch_size, title_config.per_device_eval_batch_size),
+        max_target_length=title_config.max_target_length,
     )
-    for name in ("max_source_length", "batch_size", "max_target_length"):
-        if settings[name] <= 0:
-            raise UsageError(f"{name} must be positive, got {settings[name]}")
-    if args.max_samples is not None and args.max_samples <= 0:
-        raise UsageError(f"--max_samples must be positive, got {args.max_samples}")
-    return settings
 
 
 # range checks transformers' GenerationConfig.validate does not make (it accepts num_beams=0, top_p=1.5...)
@@ -241,16 +219,38 @@ def load_base_generation_config(model_dir: Path, max_target_length: int):
     return config
 
 
-def resolve_generation(base, preset: str, overrides: dict[str, Any], presets: dict[str, dict]):
+def resolve_generation(base, preset: str | None, overrides: dict[str, Any], presets: dict[str, dict]):
     """``generation.resolve_generation_config`` with its errors turned into :class:`UsageError`."""
-    from generation import resolve_generation_config
-
     try:
         return resolve_generation_config(base, preset, overrides, presets=presets)
     except KeyError as err:
         raise UsageError(err.args[0]) from err
     except ValueError as err:
         raise UsageError(str(err)) from err
+
+
+def choose_generation(args: PredictArguments, model_dir: Path, title_config: TitleConfig,
+                      presets: dict[str, dict]) -> tuple[str, Any]:
+    """``(preset name, GenerationConfig)`` for prediction, logged with the reason:
+
+    - ``--preset`` (``PRESET`` in run.sh): that preset, over the export's special-token ids;
+    - else an export with ``title_config.json``: its own ``generation_config.json`` as it is (the strategy
+      training selected on validation, or its evaluation preset), named by ``generation_preset``;
+    - else (a plain ``save_pretrained`` model): :class:`export.TitleConfig`'s default preset.
+
+    CLI fields (``--num_beams``...) override single fields in every case.
+    """
+    base = load_base_generation_config(model_dir, title_config.max_target_length)
+    overrides = generation_overrides(args)
+    if args.preset:
+        name, reason, preset = args.preset, "named by --preset / PRESET", args.preset
+    elif (model_dir / TITLE_CONFIG_FILE).exists():
+        name, reason, preset = title_config.generation_preset, f"the export's own: {title_config.generation_preset_reason}", None
+    else:
+        name, reason, preset = title_config.generation_preset, title_config.generation_preset_reason, title_config.generation_preset
+    config = resolve_generation(base, preset, overrides, presets)
+    logger.info("preset %s (%s)%s: %s", name, reason, " with overrides" if overrides else "", describe_generation(config))
+    return name, config
 
 
 def describe_generation(config) -> dict[str, Any]:
@@ -269,7 +269,6 @@ def select_device(requested: str) -> str:
     Raises:
         UsageError: CUDA asked for but not available, or an unknown device name.
     """
-    import torch
 
     requested = (requested or "auto").lower()
     if requested == "auto":
@@ -289,8 +288,6 @@ class TitleEngine:
     """Loads the export once for the chosen backend and generates titles for lists of articles."""
 
     def __init__(self, args: PredictArguments, model_dir: Path, settings: dict[str, Any]):
-        from modeling import get_tokenizer
-
         self.args, self.model_dir, self.settings = args, model_dir, settings
         self.device = select_device(args.device)
         try:
@@ -303,7 +300,6 @@ class TitleEngine:
             self._load_hf()
 
     def _load_hf(self) -> None:
-        import torch
         from transformers import AutoModelForSeq2SeqLM
 
         try:
@@ -320,8 +316,6 @@ class TitleEngine:
 
     def _load_ct2(self) -> None:
         import ctranslate2
-
-        import ct2_backend
 
         device = self.device
         if device.startswith("cuda") and ctranslate2.get_cuda_device_count() == 0:
@@ -348,8 +342,6 @@ class TitleEngine:
             return self.ct2.generate_titles(texts, generation_config, seed=self.args.seed, **kwargs)
         from transformers import set_seed
 
-        from generation import generate_titles
-
         if self.args.seed is not None:
             set_seed(self.args.seed)
         return generate_titles(self.model, self.tokenizer, texts, generation_config, device=self.device,
@@ -360,8 +352,6 @@ class TitleEngine:
 
 def predict(args: PredictArguments) -> int:
     """Read ``--input_file``, generate, write ``--output_file``."""
-    from data_io import read_jsonl, write_jsonl_atomic
-
     if not args.input_file or not args.output_file:
         raise UsageError("give --input_file and --output_file (or --sweep with --reference and --output_dir)")
     check_output_path(args.output_file, [args.input_file])
@@ -372,11 +362,7 @@ def predict(args: PredictArguments) -> int:
                          allow_empty_text=True)
     if args.max_samples:
         records = records[: args.max_samples]
-    presets = _load_presets(args)
-    preset = args.preset or str(title_config["eval_preset"])
-    base = load_base_generation_config(model_dir, settings["max_target_length"])
-    generation_config = resolve_generation(base, preset, generation_overrides(args), presets)
-    logger.info("preset %s: %s", preset, describe_generation(generation_config))
+    _, generation_config = choose_generation(args, model_dir, title_config, _load_presets(args))
     logger.info("source settings: %s", {k: settings[k] for k in ("max_source_length", "source_prefix", "batch_size")})
 
     engine = TitleEngine(args, model_dir, settings)
@@ -392,8 +378,6 @@ def predict(args: PredictArguments) -> int:
 
 
 def _load_presets(args: PredictArguments) -> dict[str, dict]:
-    from generation import load_presets
-
     try:
         return load_presets(args.presets_file)
     except FileNotFoundError as err:
@@ -404,9 +388,6 @@ def _load_presets(args: PredictArguments) -> dict[str, dict]:
 
 def sweep(args: PredictArguments) -> int:
     """Run every ``--sweep`` preset on ``--reference``, score with tw_rouge, write the report."""
-    from data_io import atomic_write_text, read_jsonl, write_jsonl_atomic
-    from tw_rouge import get_rouge, get_segmenter
-
     if not args.reference or not args.output_dir:
         raise UsageError("--sweep needs --reference (labelled JSON lines) and --output_dir")
     model_dir = check_model_dir(args.model_dir)
@@ -463,9 +444,6 @@ SWEEP_COLUMNS = ("preset", "rouge-1", "rouge-2", "rouge-l", "mean_title_chars", 
 
 def sweep_csv(rows: list[dict[str, Any]]) -> str:
     """CSV text: ROUGE F x 100, mean title length (characters), seconds per article."""
-    import csv
-    import io
-
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=SWEEP_COLUMNS, lineterminator="\n")
     writer.writeheader()
@@ -508,8 +486,6 @@ def sweep_plot(rows: list[dict[str, Any]], path: Path) -> None:
     ax_time.set_ylabel("seconds per article")
     ax_time.set_title("speed")
     fig.tight_layout()
-    from plotting import save_figure_atomic
-
     save_figure_atomic(fig, path)
 
 
@@ -523,15 +499,19 @@ def parse_args(argv: Sequence[str] | None = None) -> PredictArguments:
     if len(argv) == 1 and argv[0].endswith(".json"):
         (args,) = parser.parse_json_file(json_file=os.path.abspath(argv[0]))
     else:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
+        args, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+        if unknown:
+            raise UsageError(f"unknown option(s) {' '.join(unknown)} (predict.py --help lists them)")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (see the module docstring)."""
-    from data_io import DataError
-
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger().setLevel(getattr(logging, args.log_level.upper(), logging.INFO))
     try:

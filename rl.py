@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from generation import clean_title
+from tw_rouge import METRICS, CkipSegmenter, get_segmenter, rouge_f_per_pair
 
 RewardFn = Callable[[list[str], list[str]], Sequence[float]]
 """A batched reward: ``(predicted titles [n], reference titles [n]) -> [n]`` floats (RL4LMs style)."""
@@ -324,8 +325,6 @@ def make_rouge_reward(
         ValueError: unknown segmenter or metric, non-positive weight sum.
         tw_rouge.CkipDataMissingError: ``ckip`` without its data (checked here, before any training).
     """
-    from tw_rouge import METRICS, CkipSegmenter, get_segmenter, rouge_f_per_pair
-
     resolved = get_segmenter(segmenter, ckip_dir)
     if isinstance(resolved, CkipSegmenter):
         resolved.check_data()

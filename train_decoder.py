@@ -1,68 +1,57 @@
 """Fine-tune mT5 (or train an mT5-architecture model from scratch) to write Chinese news titles.
 
-    accelerate launch train_decoder.py [PRESET.json] [--flag value ...]     # or: bash train.sh ...
+    python train_decoder.py [PRESET.json] [--flag value ...]     # or: bash train.sh ...; accelerate launch ...
 
-One step-based loop (Accelerate; 1..N GPUs or CPU): teacher-forced cross-entropy, or with ``--rl_from``
-the self-critical RL stage (``rl.py``). After each optimizer step: ``maybe_log``, ``maybe_evaluate``
-(generation + tw_rouge; the best model by validation ROUGE is exported to ``OUTPUT_DIR/best/``) and
-``maybe_save`` (``accelerator.save_state`` checkpoints that resume exactly). See ``parse_arg.py`` for
-every option.
+One step-based loop (Accelerate; 1..N GPUs or CPU) in :class:`Trainer`: teacher-forced cross-entropy, or
+with ``--rl_from`` the self-critical RL stage (``rl.py``). After each optimizer step the loop calls
+``maybe_log``, ``maybe_evaluate`` and ``maybe_save``, each of which decides for itself whether it is due:
+evaluation generates titles for the validation set and scores them with tw_rouge, and the best model by
+validation ROUGE is exported to ``OUTPUT_DIR/best/`` (``export.write_export``); checkpoints
+(``export.save_checkpoint``) resume exactly. :func:`build_trainer` wires everything from the arguments
+(``parse_arg.py``) through swappable :class:`Factories` for the tokenizer, the model and the collator.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
-import os
-import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from tqdm.auto import tqdm
+from transformers import get_scheduler
 
-from data_io import DataError, atomic_write_text, read_jsonl, write_jsonl_atomic
+from data_io import DataError, read_jsonl, write_jsonl_atomic
+from export import (ExportError, TitleConfig, TrainingState, load_checkpoint, resolve_checkpoint, save_checkpoint,
+                    write_export)
+from generation import generate_titles, load_presets, resolve_generation_config
+from modeling import count_parameters, get_model, get_tokenizer, round_up, train_sentencepiece_tokenizer
 from parse_arg import Args, ArgumentError, check_args, check_segmenter_data, parse_args, save_args
+from plotting import plot_learning_curves
+from rl import RewardFn, make_rouge_reward, mixed_objective, scst_step
+from seq2seq_data import IndexedSeq2SeqCollator, get_train_dataloader, tokenize_pairs
+from tw_rouge import get_rouge, get_segmenter
 
 logger = logging.getLogger("train_decoder")
 
-STATE_FILE = "training_state.json"
-
-
-@dataclass
-class TrainingState:
-    """Runtime progress saved with every checkpoint (never written back into the config)."""
-
-    completed_steps: int = 0  # optimizer steps
-    epoch: int = 0
-    batches_in_epoch: int = 0  # dataloader batches of the current epoch already consumed
-    best_metric: float | None = None
-    best_step: int | None = None
-    elapsed_s: float = 0.0
-
-    def save(self, path: Path) -> None:
-        atomic_write_text(path, json.dumps(asdict(self), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: Path) -> "TrainingState":
-        with open(path, encoding="utf-8") as f:
-            return cls(**json.load(f))
-
 
 # ----------------------------------------------------------------------------------------------------
-# factories (tests swap in tiny versions)
+# factories (tests and benchmarks swap in their own through Factories)
 
 
-def get_tokenizer_for_run(args: Args, train_records: list[dict], accelerator):
+def get_tokenizer_for_run(args: Args, train_records: list[dict], accelerator: Accelerator):
     """The run's tokenizer: the RL export's, the given one, the model's, or (from scratch without
     ``--tokenizer_name``) a sentencepiece unigram model trained on the training texts, saved to
     ``OUTPUT_DIR/tokenizer`` (reused when resuming)."""
-    from modeling import get_tokenizer, train_sentencepiece_tokenizer
-
     m = args.model
     if args.rl.rl_from:
         return get_tokenizer(args.rl.rl_from)
@@ -80,11 +69,13 @@ def get_tokenizer_for_run(args: Args, train_records: list[dict], accelerator):
     return get_tokenizer(str(tok_dir))
 
 
-def get_model_for_run(args: Args, tokenizer):
+def get_model_for_run(args: Args, tokenizer) -> torch.nn.Module:
     """The model to train: the RL export, a random one from ``--config_name``, or a pretrained one;
-    with freezing, LoRA and gradient checkpointing applied."""
-    from modeling import get_model, round_up
+    with freezing, LoRA and gradient checkpointing applied.
 
+    Raises:
+        ArgumentError: the tokenizer has more tokens than the model has embedding rows.
+    """
     m = args.model
     if args.rl.rl_from:
         model = get_model(args.rl.rl_from)
@@ -92,22 +83,38 @@ def get_model_for_run(args: Args, tokenizer):
         model = get_model(config_name=m.config_name, vocab_size=round_up(len(tokenizer)))
     else:
         model = get_model(m.model_name_or_path)
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        raise ArgumentError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary only "
-                            f"{model.get_input_embeddings().weight.shape[0]}: use the model's own tokenizer")
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        raise ArgumentError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary only {rows}: "
+                            "use the model's own tokenizer")
     freeze_parts(model, m.freeze)
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     if m.use_lora:
-        from peft import LoraConfig, TaskType, get_peft_model
+        from peft import LoraConfig, TaskType, get_peft_model  # optional dependency, loaded when asked for
 
         model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=m.lora_r, lora_alpha=m.lora_alpha,
                                                  lora_dropout=m.lora_dropout, target_modules=m.lora_target_modules))
     return model
 
 
-def freeze_parts(model, parts: list[str]) -> None:
+def get_collator(args: Args, tokenizer) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+    """``DataCollatorForSeq2Seq`` with example indices; pads to a multiple of 8 under mixed precision."""
+    return IndexedSeq2SeqCollator(tokenizer, pad_to_multiple_of=8 if args.train.mixed_precision != "no" else None)
+
+
+@dataclass
+class Factories:
+    """Constructors :func:`build_trainer` calls; tests and benchmarks pass their own (e.g. a collator that
+    records every batch, a model with hooks)."""
+
+    tokenizer: Callable[[Args, list[dict], Accelerator], Any] = get_tokenizer_for_run
+    model: Callable[[Args, Any], torch.nn.Module] = get_model_for_run
+    collator: Callable[[Args, Any], Callable] = get_collator
+
+
+def freeze_parts(model: torch.nn.Module, parts: list[str]) -> None:
     """Freeze ``encoder`` (its blocks and final norm), ``decoder`` (likewise) and/or ``embeddings``
     (the shared input embeddings; ``lm_head`` stays trainable when untied)."""
     for name, param in model.named_parameters():
@@ -117,7 +124,7 @@ def freeze_parts(model, parts: list[str]) -> None:
             param.requires_grad_(False)
 
 
-def get_optimizer(model, args: Args):
+def get_optimizer(model: torch.nn.Module, args: Args) -> torch.optim.Optimizer:
     """Adafactor with the T5 recipe (fixed lr: ``scale_parameter=False, relative_step=False,
     warmup_init=False``; Shazeer & Stern 2018) or AdamW without decay on biases and LayerNorm weights."""
     t = args.train
@@ -136,50 +143,107 @@ def get_optimizer(model, args: Args):
 
 
 # ----------------------------------------------------------------------------------------------------
+# small state containers
+
+
+@dataclass
+class LogWindow:
+    """What accumulates between two log rows. Losses and token counts stay tensors on the device (adding
+    them needs no host sync); :meth:`summary` converts them once per log row."""
+
+    started: float = field(default_factory=time.time)
+    micro_batches: int = 0
+    samples: int = 0
+    loss_sum: torch.Tensor | float = 0.0
+    source_tokens: torch.Tensor | int = 0
+    grad_norm: torch.Tensor | None = None  # of the last optimizer step
+    rl_stats: list[dict[str, float]] = field(default_factory=list)
+
+    def add(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        self.micro_batches += 1
+        self.samples += batch["input_ids"].shape[0]
+        self.loss_sum = self.loss_sum + loss.detach().float()
+        self.source_tokens = self.source_tokens + batch["attention_mask"].sum()
+
+    def summary(self) -> dict[str, float]:
+        """``train/*`` (loss per micro-batch, samples/s, non-padding source tokens/s, grad norm) and the
+        mean of each ``rl/*`` statistic."""
+        seconds = max(time.time() - self.started, 1e-9)
+        # note: float() of a device tensor is a host-device sync point: once per log row, not per batch
+        row = {"train/loss": float(self.loss_sum) / max(self.micro_batches, 1),
+               "train/samples_per_s": self.samples / seconds,
+               "train/source_tokens_per_s": float(self.source_tokens) / seconds}
+        if self.grad_norm is not None:
+            row["train/grad_norm"] = float(self.grad_norm)
+        for key in self.rl_stats[0] if self.rl_stats else ():
+            row[key] = sum(s[key] for s in self.rl_stats) / len(self.rl_stats)
+        return row
+
+
+@dataclass
+class RLSetup:
+    """What the self-critical stage needs besides the model: the reward and the two decoding configs."""
+
+    reward_fn: RewardFn
+    rollout_config: Any  # GenerationConfig that samples (--rl_rollout_preset)
+    baseline_config: Any  # GenerationConfig of the greedy baseline (--rl_baseline_preset)
+
+
+def format_row(row: dict[str, Any]) -> str:
+    """A metrics row for the console: floats with 4 significant digits (5e-05, not 0.0001)."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+
+
+# ----------------------------------------------------------------------------------------------------
 # the loop
 
 
 class Trainer:
-    """Holds the run's objects; ``train()`` is the loop. Built by :func:`main` (or by tests)."""
+    """Holds the run's objects; :meth:`train` is the loop. Built by :func:`build_trainer` (or by tests)."""
 
-    def __init__(self, args: Args, accelerator, model, tokenizer, optimizer, scheduler, train_loader,
-                 train_records, eval_records, max_train_steps: int):
-        from generation import load_presets, resolve_generation_config
-
+    def __init__(self, args: Args, accelerator: Accelerator, model, tokenizer, optimizer, scheduler, train_loader,
+                 train_records: list[dict], eval_records: list[dict], max_train_steps: int):
         self.args, self.accelerator = args, accelerator
         self.model, self.tokenizer = model, tokenizer
         self.optimizer, self.scheduler, self.train_loader = optimizer, scheduler, train_loader
         self.train_records, self.eval_records = train_records, eval_records
-        self.max_train_steps = max_train_steps
+        self.max_train_steps = self.stop_at = max_train_steps
         self.output_dir = Path(args.train.output_dir)
         self.metrics_path = self.output_dir / "metrics.jsonl"
         self.state = TrainingState()
+        self.window = LogWindow()
+        self.segmenter = get_segmenter(args.eval.segmenter)
         self.presets = load_presets(args.eval.presets_file)
-        base = accelerator.unwrap_model(model).generation_config
-        max_new = args.eval.eval_max_new_tokens or args.data.max_target_length
-        self.eval_generation_config = resolve_generation_config(
-            base, args.eval.eval_preset, {"max_new_tokens": max_new}, self.presets)
-        self.rl = None
-        if args.rl.rl_from:
-            self.rl = self._build_rl(base, max_new)
-        self._window = {"loss": 0.0, "micro": 0, "samples": 0, "tokens": 0, "t0": time.time(), "rl": []}
-        self._last_eval_step: int | None = None
-        self._last_save_step: int | None = None
+        self.eval_generation_config = self.generation_config(args.eval.eval_preset)
+        self.rl = self.build_rl_setup() if args.rl.rl_from else None
+        self.last_eval_step: int | None = None
+        self.last_save_step: int | None = None
+        self.run_started = time.time()
+        self.bar = None
+
+    def generation_config(self, preset: str):
+        """The preset's ``GenerationConfig`` over the model's special-token ids, ``max_new_tokens`` = the
+        evaluation limit."""
+        max_new = self.args.eval.eval_max_new_tokens or self.args.data.max_target_length
+        base = self.accelerator.unwrap_model(self.model).generation_config
+        return resolve_generation_config(base, preset, {"max_new_tokens": max_new}, self.presets)
+
+    def build_rl_setup(self) -> RLSetup:
+        r = self.args.rl
+        weights = dict(zip(("rouge-1", "rouge-2", "rouge-l"), r.rl_reward_weights))
+        return RLSetup(reward_fn=make_rouge_reward(segmenter=self.segmenter, weights=weights),
+                       rollout_config=self.generation_config(r.rl_rollout_preset),
+                       baseline_config=self.generation_config(r.rl_baseline_preset))
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    def epoch_progress(self) -> float:
+        """Epochs completed, with the fraction of the current one (3.0 after three full passes)."""
+        return round(self.state.epoch + self.state.batches_in_epoch / max(self.batches_per_epoch, 1), 4)
 
     # ---- losses
-    def _build_rl(self, base, max_new):
-        from generation import resolve_generation_config
-        from rl import make_rouge_reward
-
-        weights = dict(zip(("rouge-1", "rouge-2", "rouge-l"), self.args.rl.rl_reward_weights))
-        return {
-            "reward_fn": make_rouge_reward(segmenter=self.args.eval.segmenter, weights=weights),
-            "rollout": resolve_generation_config(base, self.args.rl.rl_rollout_preset,
-                                                 {"max_new_tokens": max_new}, self.presets),
-            "baseline": resolve_generation_config(base, self.args.rl.rl_baseline_preset,
-                                                  {"max_new_tokens": max_new}, self.presets),
-        }
-
     def supervised_loss(self, batch) -> torch.Tensor:
         """Teacher-forced cross-entropy over non-padding title tokens (optionally label-smoothed)."""
         out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
@@ -190,123 +254,136 @@ class Trainer:
         return out.loss
 
     def compute_loss(self, batch) -> torch.Tensor:
+        """The supervised loss, or in the RL stage ``gamma * L_rl + (1 - gamma) * L_ml``."""
         if self.rl is None:
             return self.supervised_loss(batch)
-        from rl import mixed_objective, scst_step
-
         refs = [self.train_records[i][self.args.data.summary_column] for i in batch["example_index"].tolist()]
-        gamma = self.args.rl.rl_gamma
+        r = self.args.rl
         rl_loss, stats = scst_step(
-            self.model, batch, self.tokenizer, self.rl["reward_fn"], references=refs,
-            num_samples=self.args.rl.rl_num_samples, rollout_config=self.rl["rollout"],
-            baseline_config=self.rl["baseline"], generate_model=self.accelerator.unwrap_model(self.model))
-        self._window["rl"].append(stats)
-        ml_loss = self.supervised_loss(batch) if gamma < 1 else None  # no teacher-forced pass for pure RL
-        return mixed_objective(rl_loss, ml_loss, gamma)
+            self.model, batch, self.tokenizer, self.rl.reward_fn, references=refs, num_samples=r.rl_num_samples,
+            rollout_config=self.rl.rollout_config, baseline_config=self.rl.baseline_config,
+            generate_model=self.accelerator.unwrap_model(self.model))
+        self.window.rl_stats.append(stats)
+        ml_loss = self.supervised_loss(batch) if r.rl_gamma < 1 else None  # no teacher-forced pass for pure RL
+        return mixed_objective(rl_loss, ml_loss, r.rl_gamma)
 
     # ---- main loop
     def train(self, stop_after_steps: int | None = None) -> TrainingState:
-        """Run until ``max_train_steps`` (or ``stop_after_steps``, used by tests to simulate a stop)."""
-        from tqdm.auto import tqdm
-
-        acc, t, state = self.accelerator, self.args.train, self.state
-        bar = tqdm(total=self.max_train_steps, initial=state.completed_steps, disable=not acc.is_local_main_process,
-                   desc="train", unit="step")
-        start = time.time() - state.elapsed_s
-        if t.eval_on_start or self.rl is not None:
-            if state.completed_steps == 0:
-                self.evaluate()  # the supervised score, before the first (RL) step
+        """Run until ``max_train_steps``, or stop after ``stop_after_steps`` (tests and benchmarks simulate
+        an interruption with it: no final evaluation or checkpoint then)."""
+        self.stop_at = min(self.max_train_steps, stop_after_steps if stop_after_steps is not None else math.inf)
+        self.bar = tqdm(total=self.max_train_steps, initial=self.state.completed_steps, unit="step", desc="train",
+                        disable=not self.accelerator.is_local_main_process)
+        self.run_started = time.time() - self.state.elapsed_s
+        if self.state.completed_steps == 0 and (self.args.train.eval_on_start or self.rl is not None):
+            self.evaluate()  # the starting score (for RL: the supervised model's), before the first step
         self.model.train()
-        while state.completed_steps < self.max_train_steps:
-            # the prepared loader re-seeds the sampler with its own epoch counter at each pass: set it (resume)
-            self.train_loader.set_epoch(state.epoch)
-            loader = self.train_loader
-            if state.batches_in_epoch:
-                loader = acc.skip_first_batches(self.train_loader, state.batches_in_epoch)
-            for batch in loader:
-                with acc.accumulate(self.model):
-                    loss = self.compute_loss(batch)
-                    acc.backward(loss)
-                    if acc.sync_gradients and t.max_grad_norm > 0:
-                        self._window["grad_norm"] = float(acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm))
-                    self.optimizer.step()
-                    self.scheduler.step()
-                    self.optimizer.zero_grad()
-                state.batches_in_epoch += 1
-                self._window["loss"] += loss.detach().float().item()
-                self._window["micro"] += 1
-                self._window["samples"] += batch["input_ids"].size(0)
-                self._window["tokens"] += int(batch["attention_mask"].sum())
-                if not acc.sync_gradients:
-                    continue
-                state.completed_steps += 1
-                state.elapsed_s = time.time() - start
-                bar.update(1)
-                self.maybe_log()
-                if t.eval_steps and state.completed_steps % t.eval_steps == 0:
-                    self.evaluate()
-                if t.save_steps and state.completed_steps % t.save_steps == 0:
-                    self.save_checkpoint()
-                if state.completed_steps >= self.max_train_steps or state.completed_steps == stop_after_steps:
-                    break
-            else:  # epoch finished
-                state.epoch += 1
-                state.batches_in_epoch = 0
-                if t.eval_every_epoch and self._last_eval_step != state.completed_steps:
-                    self.evaluate()
-                continue
-            break
-        bar.close()
-        state.elapsed_s = time.time() - start
-        if state.completed_steps != stop_after_steps:  # finished (not a simulated stop)
-            if self._last_eval_step != state.completed_steps:
-                self.evaluate()  # always score the final model
-            if t.save_steps and self._last_save_step != state.completed_steps:
-                self.save_checkpoint()
-        acc.wait_for_everyone()
-        return state
+        while self.state.completed_steps < self.stop_at:
+            self.run_epoch()
+        self.bar.close()
+        if self.state.completed_steps != stop_after_steps:
+            self.finish()
+        self.accelerator.wait_for_everyone()
+        return self.state
 
-    # ---- after-step helpers
+    def run_epoch(self) -> None:
+        """One pass over the training batches (the rest of one, after a resume), or until ``stop_at``."""
+        self.train_loader.set_epoch(self.state.epoch)  # the sampler's order depends on (seed, epoch) only
+        batches = self.train_loader
+        if self.state.batches_in_epoch:
+            batches = self.accelerator.skip_first_batches(self.train_loader, self.state.batches_in_epoch)
+        for batch in batches:
+            self.micro_step(batch)
+            if self.accelerator.sync_gradients:
+                self.after_optimizer_step()
+                if self.state.completed_steps >= self.stop_at:
+                    break
+        if self.state.batches_in_epoch >= self.batches_per_epoch:
+            self.end_epoch()
+
+    def micro_step(self, batch) -> None:
+        """Forward and backward of one micro-batch; the optimizer steps when gradients are synchronised."""
+        acc, t = self.accelerator, self.args.train
+        with acc.accumulate(self.model):
+            loss = self.compute_loss(batch)
+            acc.backward(loss)
+            if acc.sync_gradients and t.max_grad_norm > 0:
+                self.window.grad_norm = acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad()
+        self.state.batches_in_epoch += 1
+        self.window.add(loss, batch)
+
+    def after_optimizer_step(self) -> None:
+        self.state.completed_steps += 1
+        self.state.elapsed_s = time.time() - self.run_started
+        self.bar.update(1)
+        self.maybe_log()
+        self.maybe_evaluate()
+        self.maybe_save()
+
+    def end_epoch(self) -> None:
+        self.state.epoch += 1
+        self.state.batches_in_epoch = 0
+        self.maybe_evaluate(epoch_end=True)
+
+    def finish(self) -> None:
+        """Always score the final model, and leave a checkpoint of it (when checkpoints are on)."""
+        if self.last_eval_step != self.state.completed_steps:
+            self.evaluate()
+        if self.args.train.save_steps and self.last_save_step != self.state.completed_steps:
+            self.save_checkpoint()
+
+    # ---- after-step helpers: each decides whether it is due
     def maybe_log(self) -> None:
-        w, state = self._window, self.state
-        if state.completed_steps % self.args.train.logging_steps and state.completed_steps != self.max_train_steps:
+        step = self.state.completed_steps
+        if step % self.args.train.logging_steps and step != self.max_train_steps:
             return
-        dt = max(time.time() - w["t0"], 1e-9)
-        row: dict[str, Any] = {
-            "step": state.completed_steps, "epoch": state.epoch, "elapsed_s": round(state.elapsed_s, 3),
-            "train/loss": w["loss"] / max(w["micro"], 1), "train/lr": self.scheduler.get_last_lr()[0],
-            "train/samples_per_s": w["samples"] / dt, "train/source_tokens_per_s": w["tokens"] / dt,
-        }
-        if "grad_norm" in w:
-            row["train/grad_norm"] = w["grad_norm"]
-        if w["rl"]:
-            for key in w["rl"][0]:  # scst_step's statistics, already named rl/...
-                row[key if "/" in key else f"rl/{key}"] = sum(s[key] for s in w["rl"]) / len(w["rl"])
-        self.log(row)
-        self._window = {"loss": 0.0, "micro": 0, "samples": 0, "tokens": 0, "t0": time.time(), "rl": []}
+        self.log({"step": step, "epoch": self.epoch_progress(), "elapsed_s": round(self.state.elapsed_s, 3),
+                  **self.window.summary(), "train/lr": self.scheduler.get_last_lr()[0]})
+        self.window = LogWindow()
+
+    def maybe_evaluate(self, epoch_end: bool = False) -> None:
+        t, step = self.args.train, self.state.completed_steps
+        due = t.eval_every_epoch if epoch_end else bool(t.eval_steps) and step % t.eval_steps == 0
+        if due and self.last_eval_step != step:
+            self.evaluate()
+
+    def maybe_save(self) -> None:
+        save_steps = self.args.train.save_steps
+        if save_steps and self.state.completed_steps % save_steps == 0:
+            self.save_checkpoint()
 
     def log(self, row: dict[str, Any]) -> None:
-        """Append a metrics row to ``metrics.jsonl`` (main process) and to the trackers."""
+        """Append a metrics row to ``metrics.jsonl`` (main process), the console and the trackers."""
         acc = self.accelerator
         if acc.is_main_process:
             with open(self.metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
-            logger.info("%s", shown)
+            logger.info("%s", format_row(row))
         if self.args.train.report_to:
             acc.log({k: v for k, v in row.items() if "/" in k}, step=row["step"])
 
+    # ---- evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Generate titles for the validation articles (split across processes), score them with
-        tw_rouge (F x100), log, and export the model to ``best/`` when it beats the best so far."""
-        from accelerate.utils import broadcast_object_list, gather_object
+        """Generate validation titles, score them, log, export a new best, write the side outputs."""
+        started = time.time()
+        preds = self.generate_eval_titles()
+        metrics = self.score_titles(preds)
+        metrics["eval/seconds"] = time.time() - started
+        self.last_eval_step = self.state.completed_steps
+        self.log({"step": self.state.completed_steps, "epoch": self.epoch_progress(), **metrics})
+        if self.is_new_best(metrics):
+            self.export_best(preds, metrics)
+        self.write_eval_outputs(preds)
+        self.model.train()
+        return metrics
 
-        from generation import generate_titles
-        from tw_rouge import get_rouge
-
+    def generate_eval_titles(self) -> list[str]:
+        """Titles for every validation article, generated in shards across processes, in input order."""
         acc, d = self.accelerator, self.args.data
-        t0 = time.time()
         texts = [r[d.text_column] for r in self.eval_records]
         with acc.split_between_processes(list(range(len(texts)))) as shard:
             local = generate_titles(acc.unwrap_model(self.model), self.tokenizer, [texts[i] for i in shard],
@@ -314,216 +391,225 @@ class Trainer:
                                     max_source_length=d.max_source_length, source_prefix=d.source_prefix,
                                     device=acc.device, bf16=self.args.train.mixed_precision == "bf16")
             pairs = list(zip(shard, local))
-        pairs = sorted(gather_object(pairs))
-        preds = [p for _, p in pairs]
+        return [title for _, title in sorted(gather_object(pairs))]
+
+    def score_titles(self, preds: list[str]) -> dict[str, float]:
+        """tw_rouge F1 x100 (main process, broadcast to all), plus the mean title length in characters."""
         result: list[Any] = [None]
-        if acc.is_main_process:
-            refs = [r[d.summary_column] for r in self.eval_records]
-            scores = get_rouge(preds, refs, segmenter=self.args.eval.segmenter)
+        if self.accelerator.is_main_process:
+            refs = [r[self.args.data.summary_column] for r in self.eval_records]
+            scores = get_rouge(preds, refs, segmenter=self.segmenter)
             metrics = {f"eval/{m}": 100 * scores[m]["f"] for m in ("rouge-1", "rouge-2", "rouge-l")}
             metrics["eval/rouge-sum"] = sum(metrics.values())
             metrics["eval/gen_len"] = sum(len(p) for p in preds) / max(len(preds), 1)
-            metrics["eval/seconds"] = time.time() - t0
             result = [metrics]
-        metrics = broadcast_object_list(result)[0]
-        self._last_eval_step = self.state.completed_steps
-        self.log({"step": self.state.completed_steps, "epoch": self.state.epoch, **metrics})
-        key = f"eval/{self.args.train.metric_for_best_model}"
-        if self.state.best_metric is None or metrics[key] > self.state.best_metric:
-            self.state.best_metric, self.state.best_step = metrics[key], self.state.completed_steps
-            self.export_best(preds, metrics)
-        if acc.is_main_process:
-            write_jsonl_atomic(self.output_dir / "eval_predictions.jsonl",
-                               [{"title": p, "id": r["id"]} for p, r in zip(preds, self.eval_records)])
-            try:
-                from plotting import plot_learning_curves
+        return broadcast_object_list(result)[0]
 
-                plot_learning_curves(self.metrics_path, self.output_dir / "learning_curve.png")
-            except Exception as err:  # a plot must never stop training
-                logger.warning("could not draw the learning curve: %s", err)
-        self.model.train()
-        return metrics
+    def is_new_best(self, metrics: dict[str, float]) -> bool:
+        """Record ``metrics`` as the best so far when they beat it on ``--metric_for_best_model``."""
+        score = metrics[f"eval/{self.args.train.metric_for_best_model}"]
+        if self.state.best_metric is not None and score <= self.state.best_metric:
+            return False
+        self.state.best_metric, self.state.best_step = score, self.state.completed_steps
+        return True
+
+    def prediction_rows(self, preds: list[str]) -> list[dict[str, Any]]:
+        return [{"title": p, "id": r["id"]} for p, r in zip(preds, self.eval_records)]
+
+    def write_eval_outputs(self, preds: list[str]) -> None:
+        """``eval_predictions.jsonl`` (the latest titles) and ``learning_curve.png`` (main process)."""
+        if not self.accelerator.is_main_process:
+            return
+        write_jsonl_atomic(self.output_dir / "eval_predictions.jsonl", self.prediction_rows(preds))
+        try:
+            plot_learning_curves(self.metrics_path, self.output_dir / "learning_curve.png")
+        except Exception as err:  # noqa: BLE001 - a plot must never stop training
+            logger.warning("could not draw the learning curve: %s", err)
+
+    # ---- export and checkpoints
+    def title_config(self, metrics: dict[str, float]) -> TitleConfig:
+        """The export contract for the current model (what prediction needs to decode like evaluation)."""
+        d, e = self.args.data, self.args.eval
+        return TitleConfig(
+            max_source_length=d.max_source_length, max_target_length=d.max_target_length,
+            source_prefix=d.source_prefix, text_column=d.text_column,
+            per_device_eval_batch_size=self.args.train.per_device_eval_batch_size,
+            generation_preset=e.eval_preset, generation_preset_reason="the evaluation preset (--eval_preset)",
+            eval_preset=e.eval_preset, segmenter=self.segmenter.name, step=self.state.completed_steps,
+            metrics={k: v for k, v in metrics.items() if k != "eval/seconds"})
+
+    def exportable_model(self):
+        """The unwrapped model; with LoRA, a merged copy (the export is a plain model)."""
+        model = self.accelerator.unwrap_model(self.model)
+        return copy.deepcopy(model).merge_and_unload() if self.args.model.use_lora else model
 
     def export_best(self, preds: list[str], metrics: dict[str, float]) -> None:
-        """``save_pretrained`` the model, tokenizer, ``generation_config.json`` and ``title_config.json``
-        to ``best/`` atomically (built in a temp dir, then swapped in). LoRA adapters are merged."""
+        """Write ``OUTPUT_DIR/best`` (:func:`export.write_export`): model, tokenizer, the evaluation
+        ``generation_config.json``, ``title_config.json`` and the titles it was scored on."""
         acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
-            model = acc.unwrap_model(self.model)
-            if self.args.model.use_lora:
-                import copy
-
-                model = copy.deepcopy(model).merge_and_unload()
-            final, tmp = self.output_dir / "best", self.output_dir / ".best.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            model.generation_config = self.eval_generation_config
-            model.save_pretrained(str(tmp))
-            self.tokenizer.save_pretrained(str(tmp))
-            d = self.args.data
-            title_config = {"max_source_length": d.max_source_length, "max_target_length": d.max_target_length,
-                            "source_prefix": d.source_prefix, "text_column": d.text_column,
-                            "per_device_eval_batch_size": self.args.train.per_device_eval_batch_size,
-                            "eval_preset": self.args.eval.eval_preset, "step": self.state.completed_steps,
-                            "metrics": metrics}
-            atomic_write_text(tmp / "title_config.json", json.dumps(title_config, indent=2, ensure_ascii=False))
-            write_jsonl_atomic(tmp / "eval_predictions.jsonl",
-                               [{"title": p, "id": r["id"]} for p, r in zip(preds, self.eval_records)])
-            _swap_dir(tmp, final)
+            final = write_export(self.output_dir / "best", self.exportable_model(), self.tokenizer,
+                                 self.eval_generation_config, self.title_config(metrics), self.prediction_rows(preds))
             logger.info("new best %s = %.3f at step %d -> %s", self.args.train.metric_for_best_model,
                         self.state.best_metric, self.state.completed_steps, final)
         acc.wait_for_everyone()
 
     def save_checkpoint(self) -> Path:
-        """``accelerator.save_state`` (model, optimizer, scheduler, RNG) plus ``training_state.json`` to
-        ``checkpoints/step_N`` (temp dir + rename), keeping at most ``save_total_limit`` checkpoints."""
-        acc = self.accelerator
-        self._last_save_step = self.state.completed_steps
-        ckpt_root = self.output_dir / "checkpoints"
-        final = ckpt_root / f"step_{self.state.completed_steps}"
-        tmp = ckpt_root / f".step_{self.state.completed_steps}.tmp"
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            ckpt_root.mkdir(parents=True, exist_ok=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        if acc.is_main_process:
-            self.state.save(tmp / STATE_FILE)
-            _swap_dir(tmp, final)
-            for old in list_checkpoints(self.output_dir)[: -self.args.train.save_total_limit]:
-                shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
-        return final
+        self.last_save_step = self.state.completed_steps
+        return save_checkpoint(self.accelerator, self.state, self.output_dir, self.args.train.save_total_limit)
 
     def resume(self, checkpoint: str) -> None:
-        """Load a checkpoint (``latest`` = newest under ``OUTPUT_DIR/checkpoints``) exactly."""
-        path = latest_checkpoint(self.output_dir) if checkpoint == "latest" else Path(checkpoint)
+        """Load a checkpoint (``latest`` = the newest under ``OUTPUT_DIR/checkpoints``) exactly."""
+        path = resolve_checkpoint(self.output_dir, checkpoint)
         if path is None:
             logger.info("no checkpoint under %s/checkpoints: starting from scratch", self.output_dir)
             return
-        if not (path / STATE_FILE).is_file():
-            raise ArgumentError(f"--resume_from_checkpoint {path}: not a checkpoint (no {STATE_FILE})")
-        self.accelerator.load_state(str(path))
-        self.state = TrainingState.load(path / STATE_FILE)
+        self.state = load_checkpoint(self.accelerator, path)
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state.completed_steps,
                     self.state.epoch, self.state.batches_in_epoch)
 
 
-def _swap_dir(tmp: Path, final: Path) -> None:
-    """Replace ``final`` by ``tmp``: the old directory is moved aside first and removed last."""
-    old = final.with_name(f".{final.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints under ``output_dir/checkpoints``, oldest first."""
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.glob("step_*") if p.is_dir() and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
-
-
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    found = list_checkpoints(output_dir)
-    return found[-1] if found else None
-
-
 # ----------------------------------------------------------------------------------------------------
+# setup
 
 
-def build_trainer(args: Args) -> Trainer:
-    """Set up everything (accelerator, data, tokenizer, model, optimizer, scheduler) from ``args``."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from transformers import get_scheduler
-
-    from modeling import count_parameters
-    from seq2seq_data import IndexedSeq2SeqCollator, get_train_dataloader, tokenize_pairs
-
-    t, d = args.train, args.data
+def make_accelerator(args: Args) -> Accelerator:
+    t = args.train
     accelerator = Accelerator(gradient_accumulation_steps=t.gradient_accumulation_steps,
                               mixed_precision=t.mixed_precision,
                               log_with=t.report_to.split(",") if t.report_to else None, project_dir=t.output_dir)
     set_seed(t.seed)
     if accelerator.device.type == "cpu":
         torch.set_flush_denormal(True)  # subnormal floats take a slow path on CPU (10x slower steps seen)
-    output_dir = Path(t.output_dir)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_args(args, output_dir / "args.json")
-    train_records = read_jsonl(d.train_file, text_column=d.text_column, summary_column=d.summary_column)
-    eval_records = read_jsonl(d.validation_file, text_column=d.text_column, summary_column=d.summary_column,
-                              allow_empty_text=True)
-    train_records = train_records[: d.max_train_samples] if d.max_train_samples else train_records
-    eval_records = eval_records[: d.max_eval_samples] if d.max_eval_samples else eval_records
+    return accelerator
 
-    tokenizer = get_tokenizer_for_run(args, train_records, accelerator)
-    model = get_model_for_run(args, tokenizer)
+
+def load_records(args: Args) -> tuple[list[dict], list[dict]]:
+    """``(train, validation)`` records, cut to ``--max_train_samples`` / ``--max_eval_samples``.
+
+    Raises:
+        DataError: a malformed file (file, line and field named), or no training pairs.
+    """
+    d = args.data
+    train = read_jsonl(d.train_file, text_column=d.text_column, summary_column=d.summary_column)
+    validation = read_jsonl(d.validation_file, text_column=d.text_column, summary_column=d.summary_column,
+                            allow_empty_text=True)
+    if not train:
+        raise DataError(d.train_file, "no training pairs in the file")
+    return train[: d.max_train_samples or None], validation[: d.max_eval_samples or None]
+
+
+def plan_steps(args: Args, batches_per_process: int) -> tuple[int, int, int]:
+    """``(max_train_steps, warmup_steps, steps_per_epoch)`` in optimizer steps."""
+    t = args.train
+    steps_per_epoch = math.ceil(batches_per_process / t.gradient_accumulation_steps)
+    max_train_steps = t.max_train_steps or math.ceil(t.num_train_epochs * steps_per_epoch)
+    return max_train_steps, t.warmup_steps or math.ceil(t.warmup_ratio * max_train_steps), steps_per_epoch
+
+
+def log_banner(trainer: Trainer, example: dict, steps_per_epoch: int, warmup: int) -> None:
+    """The start banner: what is trained, on what, for how long, with one decoded training example."""
+    args, acc = trainer.args, trainer.accelerator
+    t = args.train
+    total, trainable = count_parameters(acc.unwrap_model(trainer.model))
+    logger.info("***** %s *****", "RL stage (self-critical)" if args.rl.rl_from else "supervised training")
+    logger.info("  parameters: %s total, %s trainable", f"{total:,}", f"{trainable:,}")
+    logger.info("  examples: %d train, %d validation; %d steps/epoch", len(trainer.train_records),
+                len(trainer.eval_records), steps_per_epoch)
+    logger.info("  effective batch %d = %d per device x %d processes x %d accumulation",
+                t.per_device_train_batch_size * acc.num_processes * t.gradient_accumulation_steps,
+                t.per_device_train_batch_size, acc.num_processes, t.gradient_accumulation_steps)
+    logger.info("  total optimizer steps %d (warmup %d), device %s, precision %s", trainer.max_train_steps, warmup,
+                acc.device, t.mixed_precision)
+    logger.info("  config: %s", json.dumps(args.to_dict(), ensure_ascii=False))
+    logger.info("  example source: %s", trainer.tokenizer.decode(example["input_ids"]))
+    logger.info("  example target: %s", trainer.tokenizer.decode(example["labels"]))
+
+
+def init_trackers(args: Args, accelerator: Accelerator) -> None:
+    if args.train.report_to:
+        flat = {f"{group}.{k}": (v if isinstance(v, (int, float, str, bool)) else str(v))
+                for group, values in args.to_dict().items() for k, v in values.items()}
+        accelerator.init_trackers("mt5-title", config=flat)
+
+
+def build_trainer(args: Args, factories: Factories | None = None) -> Trainer:
+    """Set up everything (accelerator, data, tokenizer, model, optimizer, scheduler) from ``args``."""
+    factories = factories or Factories()
+    t, d = args.train, args.data
+    accelerator = make_accelerator(args)
+    if accelerator.is_main_process:
+        Path(t.output_dir).mkdir(parents=True, exist_ok=True)
+        save_args(args, Path(t.output_dir) / "args.json")
+    train_records, eval_records = load_records(args)
+    tokenizer = factories.tokenizer(args, train_records, accelerator)
+    model = factories.model(args, tokenizer)
     dataset = tokenize_pairs(train_records, tokenizer, text_column=d.text_column, summary_column=d.summary_column,
                              source_prefix=d.source_prefix, max_source_length=d.max_source_length,
                              max_target_length=d.max_target_length)
-    collator = IndexedSeq2SeqCollator(tokenizer, pad_to_multiple_of=8 if t.mixed_precision != "no" else None)
-    train_loader = get_train_dataloader(dataset, collator, t.per_device_train_batch_size, seed=t.seed,
-                                        group_by_length=t.group_by_length, num_workers=t.dataloader_num_workers)
+    train_loader = get_train_dataloader(dataset, factories.collator(args, tokenizer), t.per_device_train_batch_size,
+                                        seed=t.seed, group_by_length=t.group_by_length,
+                                        num_workers=t.dataloader_num_workers)
     optimizer = get_optimizer(model, args)
-
-    batches_per_process = math.ceil(len(train_loader) / accelerator.num_processes)
-    steps_per_epoch = math.ceil(batches_per_process / t.gradient_accumulation_steps)
-    max_train_steps = t.max_train_steps or math.ceil(t.num_train_epochs * steps_per_epoch)
-    warmup = t.warmup_steps or math.ceil(t.warmup_ratio * max_train_steps)
+    max_train_steps, warmup, steps_per_epoch = plan_steps(
+        args, math.ceil(len(train_loader) / accelerator.num_processes))
     # the prepared scheduler steps once per process per optimizer step (Accelerate convention)
     scheduler = get_scheduler(t.lr_scheduler_type, optimizer, num_warmup_steps=warmup * accelerator.num_processes,
                               num_training_steps=max_train_steps * accelerator.num_processes)
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
-
     trainer = Trainer(args, accelerator, model, tokenizer, optimizer, scheduler, train_loader, train_records,
                       eval_records, max_train_steps)
-    total, trainable = count_parameters(accelerator.unwrap_model(model))
-    effective_batch = t.per_device_train_batch_size * accelerator.num_processes * t.gradient_accumulation_steps
-    logger.info("***** %s *****", "RL stage (self-critical)" if args.rl.rl_from else "supervised training")
-    logger.info("  parameters: %s total, %s trainable", f"{total:,}", f"{trainable:,}")
-    logger.info("  examples: %d train, %d validation; %d steps/epoch", len(train_records), len(eval_records),
-                steps_per_epoch)
-    logger.info("  effective batch %d = %d per device x %d processes x %d accumulation", effective_batch,
-                t.per_device_train_batch_size, accelerator.num_processes, t.gradient_accumulation_steps)
-    logger.info("  total optimizer steps %d (warmup %d), device %s, precision %s", max_train_steps, warmup,
-                accelerator.device, t.mixed_precision)
-    logger.info("  config: %s", json.dumps(args.to_dict(), ensure_ascii=False))
-    example = dataset[0]
-    logger.info("  example source: %s", tokenizer.decode(example["input_ids"]))
-    logger.info("  example target: %s", tokenizer.decode(example["labels"]))
-    if t.report_to:
-        accelerator.init_trackers("mt5-title", config={f"{g}.{k}": (v if isinstance(v, (int, float, str, bool))
-                                                                   else str(v))
-                                                       for g, vals in args.to_dict().items() for k, v in vals.items()})
+    log_banner(trainer, dataset[0], steps_per_epoch, warmup)
+    init_trackers(args, accelerator)
     if t.resume_from_checkpoint:
         trainer.resume(t.resume_from_checkpoint)
     return trainer
 
 
-def main(argv: list[str] | None = None, stop_after_steps: int | None = None) -> int:
+# ----------------------------------------------------------------------------------------------------
+# entry points
+
+SETUP_ERRORS = (ArgumentError, DataError, ExportError, FileNotFoundError)
+
+
+def configure_logging() -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def check_only(argv: list[str] | None = None) -> int:
+    """Parse and check the arguments and read the data files, without loading any model: what
+    ``train.sh`` runs once before ``accelerate launch`` starts several processes. Returns the exit status."""
     try:
         args = parse_args(argv)
         check_args(args)
         check_segmenter_data(args)
-        trainer = build_trainer(args)
-    except (ArgumentError, DataError, FileNotFoundError) as err:
+        load_records(args)
+    except SETUP_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None, stop_after_steps: int | None = None,
+         factories: Factories | None = None) -> int:
+    """Train; returns the exit status (2 for a bad argument or data file, reported before any training)."""
+    configure_logging()
+    try:
+        args = parse_args(argv)
+        check_args(args)
+        check_segmenter_data(args)
+        trainer = build_trainer(args, factories)
+    except SETUP_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     state = trainer.train(stop_after_steps=stop_after_steps)
-    if trainer.args.train.report_to:
+    if args.train.report_to:
         trainer.accelerator.end_training()
     logger.info("done: %d steps in %.1f s; best %s = %s at step %s -> %s", state.completed_steps, state.elapsed_s,
-                args.train.metric_for_best_model, state.best_metric, state.best_step,
-                Path(args.train.output_dir) / "best")
+                args.train.metric_for_best_model, state.best_metric, state.best_step, Path(args.train.output_dir) / "best")
     return 0
 
 

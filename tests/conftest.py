@@ -1,5 +1,9 @@
-"""Shared fixtures: real data from ../shared/data (skipped when absent), a sentencepiece tokenizer
-trained on real text, and tiny random mT5 models built from a config. No network."""
+"""Shared fixtures and helpers: real data, a sentencepiece tokenizer trained on real text, tiny random mT5
+models built from a config, JSON-lines helpers. No network.
+
+Real data comes from the shared data folder (``$SHARED_DATA_DIR``, default ``../shared/data`` beside the
+repository) when it is there, else from the sample shipped in ``data/sample/`` (LCSTS train/val and 300 CSL
+pairs), so a clone with nothing beside it runs every test."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED_DATA = Path(os.environ.get("SHARED_DATA_DIR", REPO.parent / "shared" / "data"))
+SAMPLE_DATA = REPO / "data" / "sample"
 
 torch.set_flush_denormal(True)  # random lm_head weights hit subnormal slow paths otherwise
 # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine two threads per process
@@ -25,17 +30,28 @@ TINY_MT5 = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=
                 decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, tie_word_embeddings=False)
 
 
-def shared_file(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.exists():
-        pytest.skip(f"real data {path} is absent (set SHARED_DATA_DIR to the shared/data folder)")
-    return path
+def data_file(name: str) -> Path:
+    """``name`` from the shared data folder when present, else from ``data/sample/``."""
+    for folder in (SHARED_DATA, SAMPLE_DATA):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(f"{name} is neither in {SHARED_DATA} nor in {SAMPLE_DATA}")
 
 
 def read_records(name: str, n: int | None = None) -> list[dict]:
-    with open(shared_file(name), encoding="utf-8") as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return records[:n] if n else records
+    return read_jsonl(data_file(name))[:n] if n else read_jsonl(data_file(name))
+
+
+def write_jsonl(path: Path, records) -> Path:
+    """Write records as UTF-8 JSON lines (``ensure_ascii=False``) and return ``path``."""
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Plain ``json.loads`` per non-blank line: the independent reference the tests compare data_io with."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_records, shared_file
+from conftest import data_file, read_records
 from data_io import DataError, atomic_write_text, read_jsonl, write_jsonl_atomic
 
 
@@ -35,12 +35,24 @@ def _read_error(path: Path, **kwargs) -> DataError:
 # ---------------------------------------------------------------- reading: good files
 
 
-@pytest.mark.parametrize("name", ["lcsts_val.jsonl", "udn_samples.jsonl", "sogou_news_smarty.jsonl"])
+@pytest.mark.parametrize("name", ["lcsts_val.jsonl", "csl_abstract_title.jsonl"])
 def test_reads_real_files_like_json(name):
-    path = shared_file(name)
+    path = data_file(name)
     records = read_jsonl(path)
     assert records == read_records(name)  # same records, same order as a plain json.loads per line
     assert len({r["id"] for r in records}) == len(records)
+
+
+def test_reads_the_homework_schema_with_a_byte_order_mark(tmp_path):
+    """The course files' fields (``date_publish``, ``source_domain``, ``split``, numeric-string ids; the
+    samples start with a UTF-8 BOM): extra fields are kept, the BOM is not part of the first key."""
+    rows = [{"date_publish": "2015-03-02 00:00:00", "title": "榜首進台大醫科卻休學", "source_domain": "udn.com",
+             "maintext": "從小就很會念書的李同學，考上台大醫科。", "split": "dev", "id": "21710"},
+            {"date_publish": "2015-03-02 00:00:00", "title": "台北今天下雨", "source_domain": "udn.com",
+             "maintext": "中央氣象局表示，台北今天下雨。", "split": "dev", "id": "21711"}]
+    path = tmp_path / "public.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    assert read_jsonl(path) == rows
 
 
 def test_blank_lines_skipped_and_line_numbers_are_physical(tmp_path):

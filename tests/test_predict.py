@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, save_tiny_export
+from conftest import REPO, read_jsonl, save_tiny_export, write_jsonl
 
 import predict  # noqa: E402
 from generation import clean_title, generate_titles, load_presets, resolve_generation_config  # noqa: E402
@@ -31,15 +31,6 @@ def one_by_one(model, tokenizer, texts, config, max_source_length=512, prefix=""
         out = model.generate(**enc, generation_config=config)
         titles.append(clean_title(tokenizer.decode(out[0], skip_special_tokens=True)))
     return titles
-
-
-def write_jsonl(path: Path, records) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -204,32 +195,43 @@ def test_help_lists_every_option(capsys):
 # --------------------------------------------------------------------------------------------- settings
 
 def test_training_settings_are_the_defaults(export, tiny_tokenizer, lcsts_val, tmp_path, caplog):
+    from export import TitleConfig
+
     export_dir, model = export
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     for p in export_dir.iterdir():
         if p.is_file():
             (model_dir / p.name).write_bytes(p.read_bytes())
-    (model_dir / "title_config.json").write_text(json.dumps(
-        {"max_source_length": 12, "source_prefix": "標題：", "text_column": "content", "eval_preset": "beam4",
-         "per_device_eval_batch_size": 2, "max_target_length": 5}))
+    # what training writes: the strategy in generation_config.json, the source settings in title_config.json
+    beam4 = resolve_generation_config(model.generation_config, "beam4")  # the export sets max_new_tokens=16
+    beam4.save_pretrained(str(model_dir))
+    TitleConfig(max_source_length=12, source_prefix="標題：", text_column="content", generation_preset="beam4",
+                per_device_eval_batch_size=2, max_target_length=5).save(model_dir)
     texts = [r["maintext"] for r in lcsts_val[:4]]
     inp = write_jsonl(tmp_path / "in.jsonl", [{"id": i, "content": t} for i, t in enumerate(texts)])
     out = tmp_path / "out.jsonl"
     assert predict.main(["--model_dir", str(model_dir), "--input_file", str(inp), "--output_file", str(out)]) == 0
-    config = resolve_generation_config(model.generation_config, "beam4")  # export sets max_new_tokens=16
-    expected = one_by_one(model, tiny_tokenizer, texts, config, max_source_length=12, prefix="標題：")
+    expected = one_by_one(model, tiny_tokenizer, texts, beam4, max_source_length=12, prefix="標題：")
     assert [r["title"] for r in read_jsonl(out)] == expected
-    assert "preset beam4" in caplog.text and "'num_beams': 4" in caplog.text
+    assert "preset beam4 (the export's own" in caplog.text and "'num_beams': 4" in caplog.text
 
-    # flags win over the recorded settings
+    # flags win over the recorded settings; 0 is a value, not "unset"
     args = predict.parse_args(["--max_source_length", "30", "--source_prefix", "", "--per_device_batch_size", "7"])
     settings = predict.resolve_settings(args, predict.read_title_config(model_dir))
     assert (settings["max_source_length"], settings["source_prefix"], settings["batch_size"]) == (30, "", 7)
     assert settings["text_column"] == "content"
+    with pytest.raises(predict.UsageError, match="--per_device_batch_size must be positive, got 0"):
+        predict.resolve_settings(predict.parse_args(["--per_device_batch_size", "0"]), TitleConfig())
+    # an export without title_config.json gets the contract's defaults, the same as training's
     defaults = predict.resolve_settings(predict.parse_args([]), predict.read_title_config(export_dir))
     assert (defaults["max_source_length"], defaults["source_prefix"], defaults["text_column"],
-            defaults["batch_size"]) == (512, "", "maintext", 16)
+            defaults["batch_size"]) == (512, "", "maintext", 32)
+    from parse_arg import parse_args as parse_training_args
+
+    training = parse_training_args([])
+    assert (training.data.max_source_length, training.data.max_target_length, training.data.text_column,
+            training.train.per_device_eval_batch_size) == (512, 64, "maintext", 32)
 
 
 def test_max_target_length_fills_a_missing_limit(export, tmp_path):

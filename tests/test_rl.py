@@ -20,16 +20,6 @@ MAX_NEW_TOKENS = 6
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and two threads on a busy 2-core machine
-    made a 15-step RL run take 60 s instead of 5 s (OpenMP oversubscription)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------------------------------
 # sequence_log_probs
 # --------------------------------------------------------------------------------------------------

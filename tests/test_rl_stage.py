@@ -9,11 +9,7 @@ from pathlib import Path
 import pytest
 
 import train_decoder
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
+from conftest import write_jsonl
 
 
 def rl_argv(tmp_path: Path, export: Path, records: list[dict], out: str, extra=()) -> list[str]:

@@ -9,15 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY_MT5
+from conftest import REPO, TINY_MT5, write_jsonl
 
 import train_decoder
 from parse_arg import ArgumentError, check_args, parse_args
-
-
-def write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
 
 
 @pytest.fixture()

@@ -14,43 +14,28 @@ import sys
 import tempfile
 from pathlib import Path
 
+from data_io import DataError, atomic_open, read_jsonl
+
 from .scoring import average_scores, get_rouge
 from .segment import SEGMENTERS, CkipDataMissingError, default_ckip_dir, missing_ckip_files
 
 
 class InputError(ValueError):
-    pass
+    """A reference or submission file that cannot be scored, or an unusable output path."""
 
 
 def read_titles(path: str) -> dict:
-    """``id -> title`` from a JSON-lines file; errors name the file and line."""
-    titles: dict = {}
+    """``id -> title`` (stripped) from a JSON-lines file (``data_io.read_jsonl``: errors name the file,
+    the line and the field; a UTF-8 byte-order mark is accepted).
+
+    Raises:
+        InputError: the file is missing or malformed.
+    """
     try:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise InputError(f"{path}:{lineno}: malformed JSON: {err.msg}") from err
-                if not isinstance(obj, dict):
-                    raise InputError(f"{path}:{lineno}: expected a JSON object")
-                for field in ("id", "title"):
-                    if field not in obj:
-                        raise InputError(f"{path}:{lineno}: missing field {field!r}")
-                if not isinstance(obj["title"], str):
-                    raise InputError(f"{path}:{lineno}: field 'title' must be a string")
-                if obj["id"] in titles:
-                    raise InputError(f"{path}:{lineno}: duplicate id {obj['id']!r}")
-                titles[obj["id"]] = obj["title"].strip()
-    except FileNotFoundError as err:
-        raise InputError(f"{path}: file not found") from err
-    except OSError as err:  # a directory, no permission, ...
-        raise InputError(f"{path}: cannot read: {err.strerror or err}") from err
-    except UnicodeDecodeError as err:
-        raise InputError(f"{path}: not valid UTF-8") from err
-    return titles
+        records = read_jsonl(path, text_column=None, summary_column="title", require_summary=True)
+    except DataError as err:
+        raise InputError(str(err)) from err
+    return {r["id"]: r["title"].strip() for r in records}
 
 
 def evaluate(reference: str, submission: str, segmenter: str | None, per_example: str | None) -> dict:
@@ -68,23 +53,13 @@ def evaluate(reference: str, submission: str, segmenter: str | None, per_example
 
 
 def _write_per_example(path: str, keys: list, per_pair: list) -> None:
-    """One JSON line per article, written atomically (temp file removed on error; normal permissions)."""
+    """One JSON line per article, written atomically (``data_io.atomic_open``)."""
     out = Path(path)
     if not out.parent.is_dir():
         raise InputError(f"{path}: output directory {out.parent} does not exist")
-    umask = os.umask(0)  # read the umask (set and restore) so the file gets open()'s usual mode
-    os.umask(umask)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), 0o666 & ~umask)
-            for key, scores in zip(keys, per_pair):
-                f.write(json.dumps({"id": key, **scores}, ensure_ascii=False) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(out, "w") as f:
+        for key, scores in zip(keys, per_pair):
+            f.write(json.dumps({"id": key, **scores}, ensure_ascii=False) + "\n")
 
 
 def download(data_dir: Path) -> None:

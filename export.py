@@ -1,0 +1,328 @@
+"""The contract between training and prediction: the export, its ``TitleConfig``, and checkpoints.
+
+An **export** is a ``save_pretrained`` directory that ``run.sh`` / ``predict.py``, the CTranslate2 backend,
+the benchmarks and ``transformers.from_pretrained`` all load: model weights, ``config.json``, the tokenizer,
+``generation_config.json`` (the decoding strategy ``model.generate()`` uses by default) and
+``title_config.json``, a :class:`TitleConfig`: the source-side settings training used (prediction must
+truncate and prefix articles the same way), the decoding preset the export recommends, and the validation
+scores it was chosen with. :class:`TitleConfig` holds the one set of defaults, used for an export that
+has no ``title_config.json`` (any mT5 from the hub).
+
+A **checkpoint** (``OUTPUT_DIR/checkpoints/step_N``) is what resumes training exactly:
+``accelerator.save_state`` (model, optimizer, scheduler, RNG states) plus a :class:`TrainingState`
+(``training_state.json``: step, epoch, position in the epoch, best score). Both kinds of directory are
+built in a temporary sibling and swapped in (:func:`swap_dir`), so a crash never leaves a half-written one
+where a complete one was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+from data_io import atomic_write_text, write_jsonl_atomic
+
+logger = logging.getLogger(__name__)
+
+TITLE_CONFIG_FILE = "title_config.json"
+STATE_FILE = "training_state.json"
+FORMAT_VERSION = 1  # of title_config.json; version 0 = the files written before it had a version
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
+
+
+class ExportError(ValueError):
+    """An export, ``title_config.json`` or checkpoint that cannot be used; the message names the file."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# TitleConfig
+
+
+@dataclass
+class TitleConfig:
+    """What an export tells prediction (``title_config.json``). Defaults apply to exports without one.
+
+    Attributes:
+        max_source_length: articles are truncated to this many tokens (as in training).
+        max_target_length: title limit in tokens, used when ``generation_config.json`` sets none.
+        source_prefix: text put before every article (e.g. ``"summarize: "``).
+        text_column: the JSON field holding the article.
+        per_device_eval_batch_size: articles per ``generate`` call.
+        generation_preset: the decoding preset (``configs/generation_presets.json``) whose settings are in
+            the export's ``generation_config.json``; what ``run.sh`` uses unless ``PRESET`` names another.
+        generation_preset_reason: why that preset (selected on validation, the evaluation preset, default).
+        eval_preset: the preset the validation ``metrics`` were measured with.
+        segmenter: the tw_rouge segmenter of ``metrics`` (``ckip`` grades; ``jieba``/``char`` differ).
+        step: the optimizer step the export was taken at.
+        metrics: validation scores (``eval/rouge-1`` ... F x100) at ``step``.
+        preset_scores: validation scores of every preset tried when the strategy was selected
+            (``{preset: {"eval/rouge-1": ..., ...}}``), empty when none was.
+        format_version: of this file; newer versions are refused with a clear message.
+    """
+
+    max_source_length: int = 512
+    max_target_length: int = 64
+    source_prefix: str = ""
+    text_column: str = "maintext"
+    per_device_eval_batch_size: int = 32
+    generation_preset: str = "beam5"  # the best-known strategy for this task (beam search, 4-5 beams)
+    generation_preset_reason: str = "default (the export records no decoding strategy)"
+    eval_preset: str | None = None
+    segmenter: str | None = None
+    step: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    preset_scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``directory/title_config.json`` atomically and return its path."""
+        path = Path(directory) / TITLE_CONFIG_FILE
+        atomic_write_text(path, json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "TitleConfig":
+        """Read ``directory/title_config.json``; the defaults when the export has none.
+
+        Raises:
+            ExportError: unreadable or malformed file, unknown keys, wrong types, a newer format version.
+        """
+        path = Path(directory) / TITLE_CONFIG_FILE
+        if not path.exists():
+            return cls()
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as err:
+            raise ExportError(f"{path}: cannot read: {err}") from err
+        except json.JSONDecodeError as err:
+            raise ExportError(f"{path}:{err.lineno}: malformed JSON: {err.msg}") from err
+        return cls.from_dict(raw, path)
+
+    @classmethod
+    def from_dict(cls, raw: Any, path: str | os.PathLike = TITLE_CONFIG_FILE) -> "TitleConfig":
+        """Validate a decoded ``title_config.json``.
+
+        Raises:
+            ExportError: naming ``path`` and the offending key.
+        """
+        if not isinstance(raw, dict):
+            raise ExportError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+        raw = dict(raw)
+        version = raw.pop("format_version", 0)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            raise ExportError(f"{path}: format_version must be a non-negative integer, got {version!r}")
+        if version > FORMAT_VERSION:
+            raise ExportError(f"{path}: format_version {version} is newer than this code understands "
+                              f"({FORMAT_VERSION}); update the project or re-export the model")
+        known = {f.name for f in fields(cls)} - {"format_version"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ExportError(f"{path}: unknown key(s) {', '.join(unknown)} (format_version {version})")
+        values = {k: v for k, v in raw.items() if v is not None}
+        if version == 0 and "eval_preset" in values and "generation_preset" not in values:
+            # version-0 exports were always decoded with the fixed beam5 of the old run.sh
+            values["generation_preset_reason"] = "default (a format-0 export records no decoding strategy)"
+        config = cls(**values)
+        config.validate(path)
+        return config
+
+    def validate(self, path: str | os.PathLike = TITLE_CONFIG_FILE) -> None:
+        """Check every field's type and range.
+
+        Raises:
+            ExportError: naming ``path`` and the field.
+        """
+        def fail(name: str, expected: str) -> None:
+            raise ExportError(f"{path}: {name} must be {expected}, got {getattr(self, name)!r}")
+
+        for name in ("max_source_length", "max_target_length", "per_device_eval_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                fail(name, "a positive integer")
+        for name in ("source_prefix", "text_column", "generation_preset", "generation_preset_reason"):
+            if not isinstance(getattr(self, name), str):
+                fail(name, "a string")
+        if not self.text_column or not self.generation_preset:
+            fail("text_column" if not self.text_column else "generation_preset", "a non-empty string")
+        for name in ("eval_preset", "segmenter"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                fail(name, "a string or null")
+        if self.step is not None and (not isinstance(self.step, int) or isinstance(self.step, bool) or self.step < 0):
+            fail("step", "a non-negative integer or null")
+        if not _is_score_map(self.metrics):
+            fail("metrics", "an object of metric name: number")
+        if not isinstance(self.preset_scores, dict) or not all(
+                isinstance(k, str) and _is_score_map(v) for k, v in self.preset_scores.items()):
+            fail("preset_scores", "an object of preset name: {metric name: number}")
+
+
+def _is_score_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in value.items())
+
+
+# ----------------------------------------------------------------------------------------------------
+# exports
+
+
+def check_export(model_dir: str | os.PathLike | None) -> Path:
+    """Check that ``model_dir`` looks like a ``save_pretrained`` export before anything is loaded.
+
+    Raises:
+        ExportError: missing directory, no (valid) ``config.json``, no weights, no tokenizer files, or a
+            malformed ``title_config.json``.
+    """
+    if not model_dir:
+        raise ExportError("no model directory given (a save_pretrained export of the trained model)")
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise ExportError(f"{model_dir}: model directory not found" if not path.exists()
+                          else f"{model_dir}: not a directory")
+    config = path / "config.json"
+    if not config.is_file():
+        raise ExportError(f"{model_dir}: not a model directory (no config.json); expected the export written by "
+                          "training (config.json, model.safetensors, tokenizer files)")
+    try:
+        config_fields = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ExportError(f"{config}: not a valid model config ({err})") from err
+    if not isinstance(config_fields, dict) or "model_type" not in config_fields:
+        raise ExportError(f"{config}: not a transformers model config (no 'model_type')")
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise ExportError(f"{model_dir}: no model weights ({' or '.join(WEIGHT_FILES[::2])})")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ExportError(f"{model_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer "
+                          "with the model")
+    TitleConfig.load(path)
+    return path
+
+
+def write_export(out_dir: str | os.PathLike, model, tokenizer, generation_config, title_config: TitleConfig,
+                 eval_predictions: Iterable[dict] | None = None) -> Path:
+    """Write an export: ``model.save_pretrained`` (with ``generation_config`` as its
+    ``generation_config.json``), the tokenizer, ``title_config.json`` and optionally
+    ``eval_predictions.jsonl``, built in ``.NAME.tmp`` beside ``out_dir`` and swapped in whole.
+
+    Call on the main process only, with the unwrapped (and, for LoRA, merged) model.
+    """
+    final = Path(out_dir)
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.generation_config = generation_config
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    title_config.save(tmp)
+    if eval_predictions is not None:
+        write_jsonl_atomic(tmp / "eval_predictions.jsonl", eval_predictions)
+    swap_dir(tmp, final)
+    return final
+
+
+def swap_dir(tmp: Path, final: Path) -> None:
+    """Replace directory ``final`` by ``tmp``: the old one is moved aside first and removed last, so at
+    every moment either the old or the new complete directory is at ``final`` (or beside it)."""
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+@dataclass
+class TrainingState:
+    """Runtime progress saved with every checkpoint (never written back into the configuration).
+
+    ``epoch`` counts completed passes over the training data and ``batches_in_epoch`` the dataloader
+    batches of the current pass already consumed (per process), which is what resuming mid-epoch needs.
+    """
+
+    completed_steps: int = 0  # optimizer steps
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    elapsed_s: float = 0.0  # training wall time, seconds, summed over resumed runs
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_text(path, json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TrainingState":
+        """Raises: ExportError for an unreadable file or unknown fields (naming the file)."""
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+            return cls(**raw)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as err:
+            raise ExportError(f"{path}: not a valid training state ({err})") from err
+
+
+def checkpoint_dir(output_dir: str | os.PathLike, step: int) -> Path:
+    return Path(output_dir) / "checkpoints" / f"step_{step}"
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under ``output_dir/checkpoints``, oldest (lowest step) first."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit() and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(accelerator, state: TrainingState, output_dir: str | os.PathLike, save_total_limit: int) -> Path:
+    """``accelerator.save_state`` (model, optimizer, scheduler, RNG) plus ``training_state.json`` into
+    ``checkpoints/step_N`` (temp dir + swap), then remove the oldest beyond ``save_total_limit``.
+    Call on every process (``save_state`` is collective)."""
+    final = checkpoint_dir(output_dir, state.completed_steps)
+    tmp = final.with_name(f".{final.name}.tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        state.save(tmp / STATE_FILE)
+        swap_dir(tmp, final)
+        for old in list_checkpoints(output_dir)[:-save_total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resolve_checkpoint(output_dir: str | os.PathLike, checkpoint: str) -> Path | None:
+    """``latest`` -> the newest complete checkpoint under ``output_dir`` (None when there is none);
+    a path -> that path, checked.
+
+    Raises:
+        ExportError: the path is not a checkpoint directory.
+    """
+    if checkpoint == "latest":
+        return latest_checkpoint(output_dir)
+    path = Path(checkpoint)
+    if not (path / STATE_FILE).is_file():
+        raise ExportError(f"--resume_from_checkpoint {path}: not a checkpoint (no {STATE_FILE})")
+    return path
+
+
+def load_checkpoint(accelerator, path: str | os.PathLike) -> TrainingState:
+    """Restore model, optimizer, scheduler and RNG states from ``path`` and return its state."""
+    state = TrainingState.load(Path(path) / STATE_FILE)
+    accelerator.load_state(str(path))
+    return state
