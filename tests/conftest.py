@@ -101,15 +101,19 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     return out
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Accelerate keeps process-wide singletons (precision, gradient accumulation); each training run in
-    a test starts from a clean state, as it would in its own process."""
-    yield
+def reset_accelerate_state() -> None:
+    """Forget Accelerate's process-wide singletons (precision, gradient accumulation), as a new process would."""
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each training run in a test starts from a clean Accelerate state, as it would in its own process."""
+    yield
+    reset_accelerate_state()
 
 
 @pytest.fixture()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY_MT5, write_jsonl
+from conftest import REPO, TINY_MT5, reset_accelerate_state, write_jsonl
 
 import train_decoder
 from parse_arg import ArgumentError, check_args, parse_args
@@ -90,16 +90,59 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tiny_run, tmp_path):
         assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), (step, resumed[step], full[step])
 
 
-def test_bf16_autocast_and_gradient_checkpointing_run_on_cpu(tiny_run, tmp_path):
-    argv = tiny_run(n_train=16, n_eval=4, extra=["--max_train_steps", "3", "--mixed_precision", "bf16",
-                                                 "--gradient_checkpointing", "true", "--logging_steps", "1",
-                                                 "--per_device_train_batch_size", "4", "--eval_max_new_tokens", "4"])
-    assert train_decoder.main(argv) == 0
+def test_bf16_autocast_is_active_in_the_forward_pass(tiny_run, tmp_path):
+    """--mixed_precision bf16 on CPU: the training forward runs under autocast (lm_head computes in bf16)."""
+    seen: list[torch.dtype] = []
+
+    def model_with_probe(args, tokenizer):
+        model = train_decoder.get_model_for_run(args, tokenizer)
+        model.lm_head.register_forward_hook(
+            lambda module, inputs, output: seen.append(output.dtype) if module.training else None)
+        return model
+
+    argv = tiny_run(n_train=16, n_eval=4, extra=["--max_train_steps", "2", "--mixed_precision", "bf16",
+                                                 "--logging_steps", "1", "--per_device_train_batch_size", "4",
+                                                 "--eval_max_new_tokens", "4"])
+    assert train_decoder.main(argv, factories=train_decoder.Factories(model=model_with_probe)) == 0
+    assert seen == [torch.bfloat16] * 2
     losses = train_losses(tmp_path / "out")
-    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+
+    seen.clear()  # control: without mixed precision the same forward computes in float32
+    reset_accelerate_state()
+    argv = tiny_run(n_train=16, n_eval=4, out="fp32", extra=["--max_train_steps", "1", "--eval_max_new_tokens", "4",
+                                                             "--per_device_train_batch_size", "4"])
+    assert train_decoder.main(argv, factories=train_decoder.Factories(model=model_with_probe)) == 0
+    assert seen == [torch.float32]
 
 
-def test_freeze_and_lora(tiny_run, tmp_path, tiny_tokenizer):
+def test_gradient_checkpointing_recomputes_activations(tiny_run):
+    """With --gradient_checkpointing the inside of each encoder block runs twice per training step (forward,
+    then the recomputation in backward), once without. (transformers checkpoints a block's ``forward``, so
+    hooks on the block itself stay outside the checkpoint; its sub-layers see the recomputation.)"""
+    calls: dict[str, int] = {}
+    checkpointing: dict[str, bool] = {}
+
+    def probe(label):
+        def factory(args, tokenizer):
+            model = train_decoder.get_model_for_run(args, tokenizer)
+            checkpointing[label] = model.is_gradient_checkpointing
+            model.encoder.block[0].layer[0].register_forward_hook(
+                lambda module, inputs, output: calls.__setitem__(label, calls.get(label, 0) + module.training))
+            return model
+        return factory
+
+    extra = ["--max_train_steps", "3", "--per_device_train_batch_size", "4", "--eval_max_new_tokens", "2",
+             "--logging_steps", "1"]
+    for label, flag in (("on", "true"), ("off", "false")):
+        argv = tiny_run(n_train=12, n_eval=2, out=label, extra=extra + ["--gradient_checkpointing", flag])
+        assert train_decoder.main(argv, factories=train_decoder.Factories(model=probe(label))) == 0
+        reset_accelerate_state()
+    assert checkpointing == {"on": True, "off": False}
+    assert calls == {"on": 6, "off": 3}
+
+
+def test_freeze_parts(tiny_tokenizer):
     from conftest import build_tiny_model
 
     model = build_tiny_model(tiny_tokenizer)
@@ -108,22 +151,58 @@ def test_freeze_and_lora(tiny_run, tmp_path, tiny_tokenizer):
     assert "shared.weight" in frozen and any(n.startswith("encoder.block") for n in frozen)
     assert not any(n.startswith("decoder.") for n in frozen) and "lm_head.weight" not in frozen
 
-    argv = tiny_run(n_train=16, n_eval=4, extra=["--max_train_steps", "2", "--use_lora", "true", "--lora_r", "4",
-                                                 "--per_device_train_batch_size", "4", "--eval_max_new_tokens", "4"])
-    assert train_decoder.main(argv) == 0
+
+def test_lora_trains_only_the_adapters_and_exports_a_merged_model(tiny_run, tmp_path):
+    from torch import nn
     from transformers import AutoModelForSeq2SeqLM
 
-    exported = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out" / "best")
-    assert not any("lora" in n for n, _ in exported.named_parameters())  # adapters merged into the export
+    from modeling import count_parameters
+
+    rank = 4
+    argv = tiny_run(n_train=16, n_eval=4, extra=["--max_train_steps", "3", "--use_lora", "true", "--lora_r", str(rank),
+                                                 "--lora_target_modules", "q", "v", "--optimizer", "adamw",
+                                                 "--learning_rate", "1e-2", "--per_device_train_batch_size", "4",
+                                                 "--eval_max_new_tokens", "4"])
+    args = parse_args(argv)
+    check_args(args)
+    trainer = train_decoder.build_trainer(args)
+    peft_model = trainer.accelerator.unwrap_model(trainer.model)
+    base = peft_model.get_base_model()
+    targets = [m.base_layer for name, m in base.named_modules() if name.split(".")[-1] in ("q", "v")]
+    assert len(targets) == 2 * 2 + 2 * 2 * 2  # q, v of 2 encoder self-attentions + 2 x 2 decoder attentions
+    assert all(isinstance(m, nn.Linear) for m in targets)
+    total, trainable = count_parameters(peft_model)
+    assert trainable == sum(rank * (m.in_features + m.out_features) for m in targets)  # A [r, in] + B [out, r]
+    assert trainable / total < 0.05
+    before = {k.replace(".base_layer", ""): v.clone() for k, v in base.state_dict().items() if "lora_" not in k}
+    trainer.train()
+
+    exported = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out" / "best").state_dict()
+    assert not any("lora" in k for k in exported) and set(exported) <= set(before)
+    changed = sorted(k for k, v in exported.items() if not torch.equal(v, before[k]))
+    assert changed and all(k.endswith((".q.weight", ".v.weight")) for k in changed), changed  # merged adapters
 
 
-def test_every_shipped_training_preset_parses():
-    presets = sorted((REPO / "configs").glob("*.json"))
-    training = [p for p in presets if p.name not in ("generation_presets.json", "tiny-mt5.json")]
-    assert {p.name for p in training} >= {"tiny-cpu.json", "mt5-small.json"}
+def test_every_shipped_training_preset_passes_the_checks(tmp_path, tiny_model_dir):
+    """Each preset in configs/ opens with its command, parses, its values arrive unchanged, and check_args
+    accepts it once the course files it names are replaced by the sample data (and the RL export by a
+    tiny one)."""
+    from conftest import data_file
+
+    training = [p for p in sorted((REPO / "configs").glob("*.json"))
+                if p.name not in ("generation_presets.json", "tiny-mt5.json")]
+    assert {p.name for p in training} >= {"tiny-cpu.json", "mt5-small.json", "rl-tiny-cpu.json", "rl-mt5-small.json"}
+    sample = str(data_file("lcsts_val.jsonl"))
     for preset in training:
-        args = parse_args([str(preset)])
-        assert args.data.max_source_length > 0
+        raw = json.loads(preset.read_text(encoding="utf-8"))
+        assert raw["_usage"].startswith(f"bash train.sh configs/{preset.name}"), preset.name
+        values = {k: v for group in parse_args([str(preset)]).to_dict().values() for k, v in group.items()}
+        options = {k: v for k, v in raw.items() if not k.startswith("_")}
+        assert {k: values[k] for k in options} == options, preset.name
+        argv = [str(preset), "--train_file", sample, "--validation_file", sample, "--output_dir", str(tmp_path)]
+        if preset.name.startswith("rl-"):
+            argv += ["--rl_from", str(tiny_model_dir)]
+        check_args(parse_args(argv))  # raises ArgumentError naming the flag if a value is invalid
 
 
 def test_preset_then_cli_override_order(tmp_path):
