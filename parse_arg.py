@@ -230,6 +230,7 @@ def check_args(args: Args) -> None:
     m, d, t, e, r = args.model, args.data, args.train, args.eval, args.rl
     m.config_name = resolve_repo_path(m.config_name)
     e.presets_file = resolve_repo_path(e.presets_file)
+    d.train_file, d.validation_file = resolve_repo_path(d.train_file), resolve_repo_path(d.validation_file)
     problems: list[str] = []
 
     def need(cond: bool, message: str) -> None:

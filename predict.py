@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 import sys
@@ -51,8 +50,8 @@ GENERATION_FIELDS = ("num_beams", "do_sample", "top_k", "top_p", "temperature", 
 @dataclass
 class PredictArguments:
     model_dir: Optional[str] = field(
-        default=None, metadata={"help": "A save_pretrained export: config.json, weights, tokenizer, generation_config.json "
-                                        "(and title_config.json written by training)."})
+        default=None, metadata={"help": "A save_pretrained export: config.json, weights, tokenizer, "
+                                        "generation_config.json (and title_config.json written by training)."})
     input_file: Optional[str] = field(default=None, metadata={"help": "JSON lines with 'id' and the article text."})
     output_file: Optional[str] = field(
         default=None, metadata={"help": "Where to write {'title', 'id'} JSON lines (parent dirs are created)."})
@@ -62,8 +61,10 @@ class PredictArguments:
     presets_file: Optional[str] = field(
         default=None, metadata={"help": "JSON file of presets (default: configs/generation_presets.json)."})
     num_beams: Optional[int] = field(default=None, metadata={"help": "Override: beams (1 = greedy or sampling)."})
-    do_sample: Optional[bool] = field(default=None, metadata={"help": "Override: sample instead of search (true/false)."})
-    top_k: Optional[int] = field(default=None, metadata={"help": "Override: sample from the k most likely tokens (0 = all)."})
+    do_sample: Optional[bool] = field(default=None,
+                                      metadata={"help": "Override: sample instead of search (true/false)."})
+    top_k: Optional[int] = field(default=None,
+                                 metadata={"help": "Override: sample from the k most likely tokens (0 = all)."})
     top_p: Optional[float] = field(default=None, metadata={"help": "Override: nucleus sampling probability mass."})
     temperature: Optional[float] = field(default=None, metadata={"help": "Override: sampling temperature."})
     length_penalty: Optional[float] = field(
@@ -88,7 +89,8 @@ class PredictArguments:
     max_samples: Optional[int] = field(default=None, metadata={"help": "Only the first N articles (quick runs)."})
     device: str = field(default="auto", metadata={"help": "auto (CUDA if available, else CPU), cpu, cuda or cuda:N."})
     bf16: Optional[bool] = field(
-        default=None, metadata={"help": "bfloat16 autocast for the hf backend (default: on for CUDA with bf16 support)."})
+        default=None, metadata={"help": "bfloat16 autocast for the hf backend (default: on for CUDA with bf16 "
+                                        "support)."})
     backend: str = field(
         default="hf", metadata={"help": "hf: transformers generate; ct2: CTranslate2 (faster on CPU).",
                                 "choices": ["hf", "ct2"]})
@@ -242,14 +244,16 @@ def choose_generation(args: PredictArguments, model_dir: Path, title_config: Tit
     """
     base = load_base_generation_config(model_dir, title_config.max_target_length)
     overrides = generation_overrides(args)
+    name, reason = title_config.generation_preset, title_config.generation_preset_reason
     if args.preset:
         name, reason, preset = args.preset, "named by --preset / PRESET", args.preset
     elif (model_dir / TITLE_CONFIG_FILE).exists():
-        name, reason, preset = title_config.generation_preset, f"the export's own: {title_config.generation_preset_reason}", None
+        reason, preset = f"the export's own: {reason}", None  # generation_config.json as it is
     else:
-        name, reason, preset = title_config.generation_preset, title_config.generation_preset_reason, title_config.generation_preset
+        preset = name
     config = resolve_generation(base, preset, overrides, presets)
-    logger.info("preset %s (%s)%s: %s", name, reason, " with overrides" if overrides else "", describe_generation(config))
+    logger.info("preset %s (%s)%s: %s", name, reason, " with overrides" if overrides else "",
+                describe_generation(config))
     return name, config
 
 

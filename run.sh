@@ -2,7 +2,8 @@
 # Course contract: write one {"title", "id"} JSON line per input article.
 #   bash run.sh INPUT.jsonl OUTPUT.jsonl [MODEL_DIR]
 # MODEL_DIR (third argument, else $MODEL_DIR, else the default training run's export outputs/mt5-small/best)
-# PRESET    decoding preset from configs/generation_presets.json (default beam5, the best known)
+# PRESET    decoding preset from configs/generation_presets.json (default: the export's own strategy, the
+#           one training selected on the validation set; see title_config.json)
 # Relative paths are taken from the caller's current directory. Other options: python predict.py --help.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -12,12 +13,12 @@ if [ "$#" -lt 2 ] || [ "$#" -gt 3 ]; then
   exit 2
 fi
 MODEL_DIR="${3:-${MODEL_DIR:-$ROOT/outputs/mt5-small/best}}"
-PRESET="${PRESET:-beam5}"
+# --flag=value, so that a path starting with "-" is not taken for an option
+args=("--model_dir=$MODEL_DIR" "--input_file=$1" "--output_file=$2")
+if [ -n "${PRESET:-}" ]; then
+  args+=("--preset=$PRESET")
+fi
 
 PY="$(bash "$ROOT/scripts/ensure_venv.sh")"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-exec "$PY" "$ROOT/predict.py" \
-  --model_dir "$MODEL_DIR" \
-  --input_file "$1" \
-  --output_file "$2" \
-  --preset "$PRESET"
+exec "$PY" "$ROOT/predict.py" "${args[@]}"

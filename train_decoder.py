@@ -31,8 +31,15 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from data_io import DataError, read_jsonl, write_jsonl_atomic
-from export import (ExportError, TitleConfig, TrainingState, load_checkpoint, resolve_checkpoint, save_checkpoint,
-                    write_export)
+from export import (
+    ExportError,
+    TitleConfig,
+    TrainingState,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+    write_export,
+)
 from generation import generate_titles, load_presets, resolve_generation_config
 from modeling import count_parameters, get_model, get_tokenizer, round_up, train_sentencepiece_tokenizer
 from parse_arg import Args, ArgumentError, check_args, check_segmenter_data, parse_args, save_args
@@ -609,7 +616,8 @@ def main(argv: list[str] | None = None, stop_after_steps: int | None = None,
     if args.train.report_to:
         trainer.accelerator.end_training()
     logger.info("done: %d steps in %.1f s; best %s = %s at step %s -> %s", state.completed_steps, state.elapsed_s,
-                args.train.metric_for_best_model, state.best_metric, state.best_step, Path(args.train.output_dir) / "best")
+                args.train.metric_for_best_model, state.best_metric, state.best_step,
+                Path(args.train.output_dir) / "best")
     return 0
 
 

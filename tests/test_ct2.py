@@ -196,7 +196,8 @@ def test_translate_options_mapping(untied):
     from transformers import GenerationConfig
 
     limits = ct2_backend.translate_options(GenerationConfig(max_length=12, min_length=4))
-    assert (limits["max_decoding_length"], limits["min_decoding_length"]) == (11, 3)  # max_length counts the start token
+    # max_length counts the decoder start token
+    assert (limits["max_decoding_length"], limits["min_decoding_length"]) == (11, 3)
 
 
 def test_sampling_is_seeded(untied, tiny_tokenizer, texts):

@@ -84,7 +84,8 @@ def test_title_optional_for_prediction_input(tmp_path):
 
 def test_empty_maintext_allowed_only_for_prediction(tmp_path):
     path = _write_lines(tmp_path / "p.jsonl", [_rec("a"), _rec("b", maintext=""), _rec("c", maintext="  ")])
-    assert [r["maintext"] for r in read_jsonl(path, require_summary=False, allow_empty_text=True)] == ["文章內容。", "", "  "]
+    texts = [r["maintext"] for r in read_jsonl(path, require_summary=False, allow_empty_text=True)]
+    assert texts == ["文章內容。", "", "  "]
     err = _read_error(path, require_summary=False)
     assert err.line == 2 and "'maintext'" in str(err) and "empty" in str(err)
 

@@ -3,7 +3,6 @@ input, every error leaves no output behind, presets run, sweep mode writes its r
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -11,11 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, read_jsonl, save_tiny_export, write_jsonl
-
 import predict  # noqa: E402
+from conftest import REPO, read_jsonl, save_tiny_export, write_jsonl
 from generation import clean_title, generate_titles, load_presets, resolve_generation_config  # noqa: E402
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -246,7 +243,8 @@ def test_max_target_length_fills_a_missing_limit(export, tmp_path):
 def test_every_shipped_preset_parses_and_runs(export, tiny_tokenizer, texts):
     _, model = export
     presets = load_presets()
-    assert {"greedy", "beam4", "beam5", "beam5_norepeat", "sample_t0.7", "top_k50", "top_p0.9", "rl_sample"} <= set(presets)
+    shipped = {"greedy", "beam4", "beam5", "beam5_norepeat", "sample_t0.7", "top_k50", "top_p0.9", "rl_sample"}
+    assert shipped <= set(presets)
     for name in presets:
         config = resolve_generation_config(model.generation_config, name, {"max_new_tokens": 4})
         titles = generate_titles(model, tiny_tokenizer, texts[:3], config, batch_size=2)

@@ -235,7 +235,8 @@ def test_mixed_objective():
 
 def test_rouge_reward_char_level_by_hand():
     # char tokens: pred 我 是 人, ref 我 是 一 個 人
-    # ROUGE-1: P = 3/3, R = 3/5 -> F = 0.75; ROUGE-2: pred {我是, 是人}, ref {我是, 是一, 一個, 個人}: P 1/2, R 1/4 -> F 1/3
+    # ROUGE-1: P = 3/3, R = 3/5 -> F = 0.75
+    # ROUGE-2: pred {我是, 是人}, ref {我是, 是一, 一個, 個人}: P 1/2, R 1/4 -> F 1/3
     r1 = rl.make_rouge_reward("char", {"rouge-1": 1.0})
     r2 = rl.make_rouge_reward("char", {"rouge-2": 1.0})
     r12 = rl.make_rouge_reward("char", {"rouge-1": 2.0, "rouge-2": 2.0})

@@ -4,14 +4,15 @@ presets and argument errors."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, TINY_MT5, reset_accelerate_state, write_jsonl
-
 import train_decoder
+from conftest import REPO, TINY_MT5, reset_accelerate_state, write_jsonl
 from parse_arg import ArgumentError, check_args, parse_args
 
 
@@ -269,3 +270,63 @@ def test_mt5_small_shape_trains_through_the_loop(tmp_path, tiny_tokenizer_dir, l
     assert len(losses) == 2 and all(0 < v < 50 for v in losses.values())
     cfg = json.loads((tmp_path / "out" / "best" / "config.json").read_text(encoding="utf-8"))
     assert cfg["vocab_size"] == 250112 and cfg["d_model"] == 512 and cfg["tie_word_embeddings"] is False
+
+
+def _train_sh(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "HF_HOME": str(cwd / "hf-home"), "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run(["bash", str(REPO / "train.sh"), *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_train_sh_first_contact_errors_are_short_and_helpful(tmp_path):
+    """A bad flag, a missing data file and the missing course data: exit 2, the error lines, no traceback
+    (train.sh runs one process directly, not through the launcher)."""
+    proc = _train_sh(["--train_file", "nope.jsonl", "--validation_file", "nope.jsonl"], tmp_path)
+    assert proc.returncode == 2 and "--train_file nope.jsonl: file not found" in proc.stderr
+    assert "Traceback" not in proc.stderr and "CalledProcessError" not in proc.stderr
+
+    proc = _train_sh([], tmp_path)  # the homework defaults: data/train.jsonl and data/public.jsonl
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    for expected in ("data/train.jsonl", "data/public.jsonl", "bash train.sh configs/tiny-cpu.json"):
+        assert expected in proc.stderr, proc.stderr
+
+    proc = _train_sh(["--learning_rte", "1e-3"], tmp_path)
+    assert proc.returncode == 2 and "unknown option(s) --learning_rte" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "outputs").exists()  # nothing was created
+
+
+@pytest.mark.slow
+def test_train_sh_checks_once_before_launching_several_processes(tmp_path):
+    config = tmp_path / "accelerate.yaml"
+    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nnum_processes: 2\n"
+                      "num_machines: 1\nmixed_precision: 'no'\n", encoding="utf-8")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "maintext": "x", "title": "y"}\n{"id": 2, "maintext": \n', encoding="utf-8")
+    proc = _train_sh(["--train_file", str(bad), "--validation_file", str(bad), "--segmenter", "char"], tmp_path,
+                     ACCELERATE_CONFIG_FILE=str(config))
+    assert proc.returncode == 2, proc.stderr
+    assert f"{bad}:2: malformed JSON" in proc.stderr and proc.stderr.count("error:") == 1
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("config, launch", [
+    ({}, False), ({"distributed_type": "NO", "num_processes": 1}, False),
+    ({"distributed_type": "MULTI_GPU", "num_processes": 1}, False),
+    ({"distributed_type": "MULTI_GPU", "num_processes": 4}, True), ({"distributed_type": "DEEPSPEED"}, True),
+    ({"distributed_type": "FSDP", "num_processes": 2}, True),
+])
+def test_needs_launcher(config, launch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("needs_launcher", REPO / "scripts" / "needs_launcher.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.needs_launcher(config) is launch
+
+
+def test_console_rows_keep_small_floats_significant():
+    row = {"step": 5, "train/lr": 5e-05, "rl/lr": 1e-05, "train/loss": 4.61234, "eval/rouge-1": 14.8734}
+    assert train_decoder.format_row(row) == ("step=5, train/lr=5e-05, rl/lr=1e-05, train/loss=4.612, "
+                                             "eval/rouge-1=14.87")

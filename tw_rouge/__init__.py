@@ -10,9 +10,9 @@ Importing this package downloads nothing, creates no directory and loads no Tens
 from .scoring import METRICS, get_rouge, rouge_f_per_pair
 from .segment import (
     SEGMENTERS,
+    CharSegmenter,
     CkipDataMissingError,
     CkipSegmenter,
-    CharSegmenter,
     JiebaSegmenter,
     Segmenter,
     default_ckip_dir,
