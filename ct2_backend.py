@@ -354,6 +354,8 @@ class CT2TitleGenerator:
         import ctranslate2
         from tqdm.auto import tqdm
 
+        if not texts:
+            return []
         options = translate_options(generation_config)
         if seed is not None and options["sampling_topk"] != 1:
             # CTranslate2 seeds a worker thread's generator when the thread starts: reload to reseed
@@ -375,6 +377,8 @@ class CT2TitleGenerator:
     def generate_titles(self, texts: Sequence[str], generation_config, **kwargs) -> list[str]:
         """``[n]`` cleaned titles in input order (keyword arguments as :meth:`generate_ids`)."""
         ids = self.generate_ids(texts, generation_config, **kwargs)
+        if not ids:
+            return []  # batch_decode([]) gives [''] in transformers 5
         size = len(self.tokenizer)
         # rows beyond the tokenizer decode to nothing, as in the HF path
         decoded = self.tokenizer.batch_decode([[i for i in seq if i < size] for seq in ids], skip_special_tokens=True)

@@ -83,6 +83,8 @@ def read_jsonl(
         rid = record["id"]
         if not isinstance(rid, (str, int)) or isinstance(rid, bool):
             raise DataError(path, f"field 'id' must be a string or integer, got {type(rid).__name__}", lineno)
+        if isinstance(rid, str):
+            _check_encodable(rid, "id", path, lineno)
         if rid in seen_ids:
             raise DataError(path, f"duplicate id {rid!r} (first seen on line {seen_ids[rid]})", lineno)
         seen_ids[rid] = lineno
@@ -101,8 +103,19 @@ def _check_string_field(record: dict, field: str, path: Path, lineno: int, *, re
     value = record[field]
     if not isinstance(value, str):
         raise DataError(path, f"field {field!r} must be a string, got {type(value).__name__}", lineno)
+    _check_encodable(value, field, path, lineno)
     if not allow_empty and not value.strip():
         raise DataError(path, f"field {field!r} is empty", lineno)
+
+
+def _check_encodable(value: str, field: str, path: Path, lineno: int) -> None:
+    """JSON allows ``"\\ud800"`` (a lone surrogate), which no UTF-8 text can hold: refuse it here, where the
+    line is known, instead of failing later in a tokenizer or when the output is written."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise DataError(path, f"field {field!r} holds an unpaired surrogate ({value[err.start:err.end]!r} at "
+                        f"character {err.start}), which is not valid Unicode text", lineno) from err
 
 
 def write_jsonl_atomic(
@@ -118,18 +131,67 @@ def write_jsonl_atomic(
 
     Raises:
         DataError: ``path`` is one of ``protected`` (for example the input file), or its directory
-            does not exist.
+            does not exist. (:func:`check_output_path` checks more, before the work that makes the records.)
     """
     path = Path(path)
     for other in protected:
-        if Path(other).exists() and path.exists() and os.path.samefile(path, other):
-            raise DataError(path, f"refusing to overwrite the input file {other}")
-        if path.resolve() == Path(other).resolve():
+        if same_file(path, other):
             raise DataError(path, f"refusing to overwrite the input file {other}")
     if not path.parent.resolve().is_dir():
         raise DataError(path, f"output directory {path.parent} does not exist")
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     atomic_write_text(path, lines)
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """True when ``a`` and ``b`` name the same file (another spelling, a symlink or a hard link)."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_output_path(path: str | os.PathLike, protected: Sequence[str | os.PathLike] = (), *,
+                      create_parents: bool = True) -> None:
+    """Check, before any expensive work, that ``path`` can be written as an output file.
+
+    Refused: one of ``protected`` (the inputs) under any spelling, an existing directory or a path that
+    ends with a separator, a parent that is a file, and a directory where no file can be created (read-only,
+    no permission: probed by creating and removing a temporary file, so it holds for root and read-only
+    file systems too). With ``create_parents`` the missing parent directories may be created later, and the
+    nearest existing one is probed; without it the parent must exist. An existing special file (``/dev/null``,
+    a FIFO, a terminal) is accepted: :func:`atomic_open` writes through it.
+
+    Raises:
+        DataError: naming ``path`` and the reason.
+    """
+    text = os.fspath(path)
+    path = Path(path)
+    for other in protected:
+        if same_file(path, other):
+            raise DataError(path, f"refusing to overwrite the input file {other}; choose another output path")
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        raise DataError(path, "is a directory; give a file path")
+    if path.exists() and not path.is_file():
+        if not os.access(path, os.W_OK):
+            raise DataError(path, "not writable")
+        return
+    parent = path.parent
+    while not parent.exists() and create_parents and parent != parent.parent:
+        parent = parent.parent
+    if not parent.exists():
+        raise DataError(path, f"output directory {path.parent} does not exist")
+    if not parent.is_dir():
+        raise DataError(path, f"cannot create it: {parent} is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise DataError(path, f"cannot write in {parent}: {err.strerror or err}") from err
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -145,7 +207,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
 
     The result has the permissions a plain ``open(path, "w")`` would give it (an existing file keeps its
     mode), not the ``0600`` of ``tempfile.mkstemp``. On any error, or an interruption, the temporary file is
-    removed and an existing ``path`` is left untouched.
+    removed and an existing ``path`` is left untouched. An existing path that is not a regular file (a
+    device such as ``/dev/null``, a FIFO, ``/dev/stdout``) is written through in place: renaming a file
+    over it would replace the device node itself.
 
     Raises:
         ValueError: ``mode`` is not ``"w"`` or ``"wb"``.
@@ -154,6 +218,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes only, with mode 'w' or 'wb' (got {mode!r})")
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        with open(path, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+            yield f
+        return
     file_mode = _target_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

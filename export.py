@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 TITLE_CONFIG_FILE = "title_config.json"
 STATE_FILE = "training_state.json"
+ARGS_FILE = "args.json"
 FORMAT_VERSION = 1  # of title_config.json; version 0 = the files written before it had a version
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -254,6 +256,7 @@ class TrainingState:
     best_metric: float | None = None
     best_step: int | None = None
     elapsed_s: float = 0.0  # training wall time, seconds, summed over resumed runs
+    saved_at: float = 0.0  # Unix time the checkpoint was written: orders checkpoints of resumed runs
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_text(path, json.dumps(asdict(self), indent=2) + "\n")
@@ -273,12 +276,21 @@ def checkpoint_dir(output_dir: str | os.PathLike, step: int) -> Path:
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints under ``output_dir/checkpoints``, oldest (lowest step) first."""
+    """Complete checkpoints under ``output_dir/checkpoints``, in the order they were written (oldest
+    first; by the ``saved_at`` of their state, then by step): after a resume from an earlier checkpoint the
+    new ones come last even though their steps are lower than those of the abandoned run."""
     root = Path(output_dir) / "checkpoints"
     if not root.is_dir():
         return []
     found = [p for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit() and (p / STATE_FILE).is_file()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
+    return sorted(found, key=lambda p: (_saved_at(p), int(p.name[5:])))
+
+
+def _saved_at(checkpoint: Path) -> float:
+    try:
+        return float(json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8")).get("saved_at", 0.0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0.0
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
@@ -286,10 +298,12 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(accelerator, state: TrainingState, output_dir: str | os.PathLike, save_total_limit: int) -> Path:
-    """``accelerator.save_state`` (model, optimizer, scheduler, RNG) plus ``training_state.json`` into
-    ``checkpoints/step_N`` (temp dir + swap), then remove the oldest beyond ``save_total_limit``.
-    Call on every process (``save_state`` is collective)."""
+def save_checkpoint(accelerator, state: TrainingState, output_dir: str | os.PathLike, save_total_limit: int,
+                    hyperparameters: dict | None = None) -> Path:
+    """``accelerator.save_state`` (model, optimizer, scheduler, RNG) plus ``training_state.json`` (and the
+    run's ``hyperparameters`` as ``args.json``, which a resume compares with its own) into
+    ``checkpoints/step_N`` (temp dir + swap), then remove the oldest beyond ``save_total_limit`` (never the
+    one just written). Call on every process (``save_state`` is collective)."""
     final = checkpoint_dir(output_dir, state.completed_steps)
     tmp = final.with_name(f".{final.name}.tmp")
     if accelerator.is_main_process:
@@ -298,9 +312,13 @@ def save_checkpoint(accelerator, state: TrainingState, output_dir: str | os.Path
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
+        state.saved_at = time.time()
         state.save(tmp / STATE_FILE)
+        if hyperparameters is not None:
+            atomic_write_text(tmp / ARGS_FILE, json.dumps(hyperparameters, indent=2, ensure_ascii=False) + "\n")
         swap_dir(tmp, final)
-        for old in list_checkpoints(output_dir)[:-save_total_limit]:
+        others = [p for p in list_checkpoints(output_dir) if p.resolve() != final.resolve()]
+        for old in others[: max(len(others) - (save_total_limit - 1), 0)]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
@@ -322,7 +340,27 @@ def resolve_checkpoint(output_dir: str | os.PathLike, checkpoint: str) -> Path |
 
 
 def load_checkpoint(accelerator, path: str | os.PathLike) -> TrainingState:
-    """Restore model, optimizer, scheduler and RNG states from ``path`` and return its state."""
-    state = TrainingState.load(Path(path) / STATE_FILE)
-    accelerator.load_state(str(path))
+    """Restore model, optimizer, scheduler and RNG states from ``path`` and return its state.
+
+    Raises:
+        ExportError: an unreadable or corrupt checkpoint; the message names it and the previous complete
+            checkpoint to resume from instead, if there is one.
+    """
+    path = Path(path)
+    try:
+        state = TrainingState.load(path / STATE_FILE)
+        accelerator.load_state(str(path))
+    except Exception as err:  # noqa: BLE001 - safetensors, torch.load and accelerate raise many types
+        earlier = [p for p in list_checkpoints(path.parent.parent) if p.resolve() != path.resolve()]
+        offer = (f"; the previous complete checkpoint is {earlier[-1]}: resume from it with "
+                 f"--resume_from_checkpoint {earlier[-1]}") if earlier else ""
+        raise ExportError(f"{path}: cannot load this checkpoint ({type(err).__name__}: {err}){offer}") from err
     return state
+
+
+def checkpoint_hyperparameters(path: str | os.PathLike) -> dict | None:
+    """The hyperparameters a checkpoint was saved with (its ``args.json``), or None for an older one."""
+    try:
+        return json.loads((Path(path) / ARGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

@@ -131,6 +131,8 @@ def generate_titles(
     """
     from tqdm.auto import tqdm
 
+    if not texts:
+        return []
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()

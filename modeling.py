@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -29,6 +30,34 @@ MT5_SMALL_CONFIG = dict(
 )
 
 
+class VocabularySizeError(ValueError):
+    """The corpus cannot give a sentencepiece model of the asked size: ``maximum`` (too few texts) or
+    ``minimum`` (more distinct characters than pieces) says what it can give."""
+
+    def __init__(self, message: str, vocab_size: int, maximum: int | None = None, minimum: int | None = None):
+        super().__init__(message)
+        self.vocab_size, self.maximum, self.minimum = vocab_size, maximum, minimum
+
+
+def _vocabulary_size_error(err: RuntimeError, vocab_size: int, num_texts: int) -> ValueError:
+    """sentencepiece's two size errors, in words that say what to change (other errors as they are)."""
+    text = str(err)
+    too_high = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", text)
+    if too_high:
+        maximum = int(too_high.group(2))
+        return VocabularySizeError(
+            f"a {vocab_size}-piece tokenizer cannot be built from {num_texts} texts: they support at most {maximum} "
+            f"pieces (use at most {maximum}, or train on more text)", vocab_size, maximum=maximum)
+    too_low = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", text)
+    if too_low:
+        minimum = int(too_low.group(2))
+        return VocabularySizeError(
+            f"a {vocab_size}-piece tokenizer cannot hold the {minimum} distinct characters of the {num_texts} "
+            f"texts (their 99.95% character coverage, plus the special pieces): use at least {minimum}",
+            vocab_size, minimum=minimum)
+    return ValueError(f"sentencepiece training failed: {text}")
+
+
 def train_sentencepiece_tokenizer(texts: Iterable[str], output_dir: str | os.PathLike, vocab_size: int = 8000,
                                   extra_ids: int = 100, max_sentences: int = 200_000):
     """Train a sentencepiece unigram model on ``texts`` and return it as a transformers ``T5Tokenizer``.
@@ -43,7 +72,9 @@ def train_sentencepiece_tokenizer(texts: Iterable[str], output_dir: str | os.Pat
         max_sentences: sentencepiece samples at most this many sentences.
 
     Raises:
-        ValueError: no usable text, or too little text for ``vocab_size`` (sentencepiece's message).
+        VocabularySizeError: ``vocab_size`` does not fit the texts (too large for too few texts, or smaller
+            than their distinct characters); its message gives the bound.
+        ValueError: no usable text, or another sentencepiece error.
     """
     import sentencepiece as spm
     from transformers import T5Tokenizer
@@ -61,7 +92,7 @@ def train_sentencepiece_tokenizer(texts: Iterable[str], output_dir: str | os.Pat
             num_threads=os.cpu_count() or 1, minloglevel=2,
         )
     except RuntimeError as err:
-        raise ValueError(f"sentencepiece training failed: {err}") from err
+        raise _vocabulary_size_error(err, vocab_size, len(sentences)) from err
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "spiece.model").write_bytes(model.getvalue())

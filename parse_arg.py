@@ -10,6 +10,7 @@ before a model is loaded, so a typo fails in a second rather than after an hour 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field, fields
@@ -18,7 +19,7 @@ from typing import Optional
 
 from transformers import HfArgumentParser
 
-from data_io import atomic_write_text
+from data_io import DataError, atomic_write_text, check_output_path
 from export import TitleConfig
 from generation import load_presets
 from tw_rouge import CkipSegmenter, get_segmenter
@@ -82,6 +83,10 @@ class DataArguments:
 @dataclass
 class TrainArguments:
     output_dir: str = field(default="outputs/mt5-small", metadata={"help": "Checkpoints, best/ export, metrics."})
+    overwrite_output_dir: bool = field(
+        default=False, metadata={"help": "Start over in a used --output_dir: its checkpoints, best/, metrics and "
+                                         "other run files are deleted first (without it a used one is refused, "
+                                         "unless --resume_from_checkpoint)."})
     seed: int = field(default=42, metadata={"help": "Random seed (model init, data order, dropout)."})
     per_device_train_batch_size: int = field(default=8, metadata={"help": "Training batch per device."})
     per_device_eval_batch_size: int = field(default=TitleConfig.per_device_eval_batch_size,
@@ -165,7 +170,7 @@ class Args:
 
 
 def build_parser() -> HfArgumentParser:
-    parser = HfArgumentParser(ARG_CLASSES)
+    parser = HfArgumentParser(ARG_CLASSES, allow_abbrev=False)  # a typo must not select another flag
     parser.prog = "train_decoder.py"
     parser.usage = "train_decoder.py [PRESET.json] [--flag value ...]"
     return parser
@@ -258,6 +263,11 @@ def check_args(args: Args) -> None:
     for flag, value in (("--max_train_steps", t.max_train_steps), ("--eval_steps", t.eval_steps),
                         ("--save_steps", t.save_steps), ("--warmup_steps", t.warmup_steps)):
         need(value >= 0, f"{flag} must be >= 0 (got {value})")
+    floats = [(f"--{f.name}", getattr(group, f.name)) for group in (m, d, t, e, r) for f in fields(group)
+              if isinstance(getattr(group, f.name), float)]
+    floats += [("--rl_reward_weights", w) for w in r.rl_reward_weights]
+    for flag, value in floats:
+        need(math.isfinite(value), f"{flag} must be a finite number (got {value})")
     need(t.max_train_steps > 0 or t.num_train_epochs > 0, "--num_train_epochs must be > 0 (or set --max_train_steps)")
     need(t.learning_rate > 0, f"--learning_rate must be > 0 (got {t.learning_rate})")
     need(0 <= t.warmup_ratio < 1, f"--warmup_ratio must be in [0, 1) (got {t.warmup_ratio})")
@@ -291,11 +301,39 @@ def check_args(args: Args) -> None:
             need(name in presets, f"{flag} {name!r} is not a preset; known: {', '.join(sorted(presets))}")
     except (OSError, ValueError) as err:
         problems.append(f"--presets_file: {err}")
+    problems += output_dir_problems(t)
     if problems:
         message = "invalid arguments:\n  - " + "\n  - ".join(problems)
         if any(flag in p and "file not found" in p for p in problems for flag in ("--train_file", "--validation_file")):
             message += ("\n" + MISSING_DATA_HINT)
         raise ArgumentError(message)
+
+
+RUN_FILES = ("metrics.jsonl", "eval_predictions.jsonl", "learning_curve.png", "args.json")
+RUN_DIRS = ("checkpoints", "best", "tokenizer")
+"""What a training run writes into its --output_dir (and --overwrite_output_dir deletes)."""
+
+
+def output_dir_problems(t: "TrainArguments") -> list[str]:
+    """A used ``--output_dir`` is refused unless the run resumes it or starts over in it (the Hugging Face
+    convention): two runs mixed in one directory would prune each other's checkpoints, replace ``best/``
+    whatever its score, and interleave their metrics."""
+    out = Path(t.output_dir)
+    if out.exists() and not out.is_dir():
+        return [f"--output_dir {out}: is a file, not a directory"]
+    if t.resume_from_checkpoint and t.overwrite_output_dir:
+        return ["--resume_from_checkpoint and --overwrite_output_dir contradict each other: choose one"]
+    used = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if used and not (t.resume_from_checkpoint or t.overwrite_output_dir):
+        shown = ", ".join(used[:6]) + (", ..." if len(used) > 6 else "")
+        return [f"--output_dir {out} is not empty ({shown}): resume that run with --resume_from_checkpoint latest, "
+                "start over with --overwrite_output_dir (deletes its checkpoints, best/ and metrics), or choose "
+                "another --output_dir"]
+    try:
+        check_output_path(out / "args.json")  # the directory (or its nearest existing parent) takes files
+    except DataError as err:
+        return [f"--output_dir {out}: {err}"]
+    return []
 
 
 MISSING_DATA_HINT = (
@@ -313,6 +351,41 @@ def check_segmenter_data(args: Args) -> None:
     segmenter = get_segmenter(args.eval.segmenter)
     if isinstance(segmenter, CkipSegmenter):
         segmenter.check_data()
+
+
+# How a change of each option between a checkpoint and the run resuming it is treated.
+RESUME_REFUSED = ("model_name_or_path", "config_name", "tokenizer_name", "tokenizer_vocab_size", "use_lora", "lora_r",
+                  "lora_alpha", "lora_target_modules", "freeze", "optimizer", "rl_from")
+RESUME_NOT_EXACT = ("per_device_train_batch_size", "gradient_accumulation_steps", "seed", "train_file",
+                    "max_train_samples", "text_column", "summary_column", "source_prefix", "max_source_length",
+                    "max_target_length", "group_by_length", "mixed_precision", "gradient_checkpointing",
+                    "dataloader_num_workers", "rl_num_samples", "rl_rollout_preset", "rl_baseline_preset",
+                    "rl_reward_weights", "rl_gamma")
+RESUME_IGNORED = ("resume_from_checkpoint", "overwrite_output_dir", "output_dir")
+
+
+def resume_differences(saved: dict, current: Args) -> dict[str, list[str]]:
+    """Compare the hyperparameters a checkpoint was saved with (``Args.to_dict()`` form) with the resuming
+    run's. Returns ``{"refused": [...], "not_exact": [...], "applied": [...]}`` of ``"name: old -> new"``:
+
+    - refused: the model or optimizer would not match the saved state (a different model, LoRA layout,
+      frozen parts or optimizer class);
+    - not_exact: accepted, but the resumed run no longer reproduces an uninterrupted one (data order, batch
+      composition, sequence lengths, precision);
+    - applied: everything else (learning rate and schedule, warm-up, total steps, weight decay, clipping,
+      label smoothing, logging/eval/save intervals, decoding presets...), which takes effect at once.
+    """
+    def flat(groups: dict) -> dict:
+        return {k: v for values in groups.values() for k, v in values.items()}
+
+    old, new = flat(saved), flat(current.to_dict())
+    found: dict[str, list[str]] = {"refused": [], "not_exact": [], "applied": []}
+    for name in sorted(set(old) & set(new)):
+        if old[name] == new[name] or name in RESUME_IGNORED:
+            continue
+        kind = "refused" if name in RESUME_REFUSED else "not_exact" if name in RESUME_NOT_EXACT else "applied"
+        found[kind].append(f"{name}: {old[name]!r} -> {new[name]!r}")
+    return found
 
 
 def save_args(args: Args, path: str | os.PathLike) -> None:

@@ -34,7 +34,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 import ct2_backend
-from data_io import DataError, atomic_write_text, read_jsonl, write_jsonl_atomic
+from data_io import DataError, atomic_write_text, check_output_path, read_jsonl, write_jsonl_atomic
 from export import TITLE_CONFIG_FILE, ExportError, TitleConfig, check_export
 from generation import generate_titles, load_presets, resolve_generation_config
 from modeling import get_tokenizer
@@ -116,30 +116,6 @@ class UsageError(Exception):
 
 
 # ----------------------------------------------------------------------------------------------- checks
-
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """True when ``a`` and ``b`` name the same file (other spelling, symlink or hard link)."""
-    a, b = Path(a), Path(b)
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
-
-
-def check_output_path(output: str, protected: Sequence[str]) -> None:
-    """Refuse an output path that is one of the input files or a directory.
-
-    Raises:
-        UsageError: with a message naming both paths.
-    """
-    for other in protected:
-        if same_file(output, other):
-            raise UsageError(f"{output}: refusing to overwrite the input file {other}; choose another output path")
-    if Path(output).is_dir():
-        raise UsageError(f"{output}: is a directory; give a file path")
-
 
 def check_model_dir(model_dir: str | None) -> Path:
     """:func:`export.check_export` with its errors as :class:`UsageError`."""
@@ -369,9 +345,13 @@ def predict(args: PredictArguments) -> int:
     _, generation_config = choose_generation(args, model_dir, title_config, _load_presets(args))
     logger.info("source settings: %s", {k: settings[k] for k in ("max_source_length", "source_prefix", "batch_size")})
 
-    engine = TitleEngine(args, model_dir, settings)
+    titles: list[str] = []
     start = time.perf_counter()
-    titles = engine.generate([r[settings["text_column"]] for r in records], generation_config)
+    if records:
+        engine = TitleEngine(args, model_dir, settings)
+        titles = engine.generate([r[settings["text_column"]] for r in records], generation_config)
+    else:
+        logger.warning("%s holds no articles: writing an empty %s", args.input_file, args.output_file)
     elapsed = time.perf_counter() - start
     logger.info("%d titles in %.1f s (%.3f s/article)", len(titles), elapsed, elapsed / max(len(titles), 1))
     Path(args.output_file).parent.mkdir(parents=True, exist_ok=True)
@@ -400,6 +380,8 @@ def sweep(args: PredictArguments) -> int:
     records = read_jsonl(args.reference, text_column=settings["text_column"], require_summary=True)
     if args.max_samples:
         records = records[: args.max_samples]
+    if not records:
+        raise UsageError(f"{args.reference}: no labelled articles to score the presets on")
     presets = _load_presets(args)
     base = load_base_generation_config(model_dir, settings["max_target_length"])
     overrides = generation_overrides(args)
@@ -408,8 +390,10 @@ def sweep(args: PredictArguments) -> int:
             raise UsageError(f"--sweep {name!r}: a preset name cannot be used as a file name")
     configs = {name: resolve_generation(base, name, overrides, presets) for name in dict.fromkeys(args.sweep)}
     output_dir = Path(args.output_dir)
-    for name in configs:
-        check_output_path(str(output_dir / f"{name}.jsonl"), [args.reference])
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"--output_dir {output_dir}: is a file, not a directory")
+    for name in [f"{preset}.jsonl" for preset in configs] + ["sweep.md", "sweep.csv", "sweep.png"]:
+        check_output_path(output_dir / name, [args.reference])
     try:
         segmenter = get_segmenter(args.segmenter)
         if hasattr(segmenter, "check_data"):
@@ -498,7 +482,7 @@ def sweep_plot(rows: list[dict[str, Any]], path: Path) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> PredictArguments:
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(PredictArguments, description=__doc__.split("\n")[0])
+    parser = HfArgumentParser(PredictArguments, description=__doc__.split("\n")[0], allow_abbrev=False)
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
         (args,) = parser.parse_json_file(json_file=os.path.abspath(argv[0]))

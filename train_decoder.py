@@ -17,6 +17,8 @@ import copy
 import json
 import logging
 import math
+import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,19 +32,37 @@ from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from data_io import DataError, read_jsonl, write_jsonl_atomic
+from data_io import DataError, atomic_write_text, read_jsonl, write_jsonl_atomic
 from export import (
     ExportError,
     TitleConfig,
     TrainingState,
+    checkpoint_hyperparameters,
     load_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
     write_export,
 )
 from generation import generate_titles, load_presets, resolve_generation_config
-from modeling import count_parameters, get_model, get_tokenizer, round_up, train_sentencepiece_tokenizer
-from parse_arg import Args, ArgumentError, check_args, check_segmenter_data, parse_args, save_args
+from modeling import (
+    VocabularySizeError,
+    count_parameters,
+    get_model,
+    get_tokenizer,
+    round_up,
+    train_sentencepiece_tokenizer,
+)
+from parse_arg import (
+    RUN_DIRS,
+    RUN_FILES,
+    Args,
+    ArgumentError,
+    check_args,
+    check_segmenter_data,
+    parse_args,
+    resume_differences,
+    save_args,
+)
 from plotting import plot_learning_curves
 from rl import RewardFn, make_rouge_reward, mixed_objective, scst_step
 from seq2seq_data import IndexedSeq2SeqCollator, get_train_dataloader, tokenize_pairs
@@ -71,7 +91,10 @@ def get_tokenizer_for_run(args: Args, train_records: list[dict], accelerator: Ac
     if accelerator.is_main_process and not reuse:
         texts = [r[args.data.text_column] for r in train_records] + [r[args.data.summary_column] for r in train_records]
         logger.info("training a %d-piece sentencepiece tokenizer on %d texts", m.tokenizer_vocab_size, len(texts))
-        train_sentencepiece_tokenizer(texts, tok_dir, vocab_size=m.tokenizer_vocab_size)
+        try:
+            train_sentencepiece_tokenizer(texts, tok_dir, vocab_size=m.tokenizer_vocab_size)
+        except VocabularySizeError as err:
+            raise ArgumentError(f"--tokenizer_vocab_size {m.tokenizer_vocab_size}: {err}") from err
     accelerator.wait_for_everyone()
     return get_tokenizer(str(tok_dir))
 
@@ -165,12 +188,24 @@ class LogWindow:
     source_tokens: torch.Tensor | int = 0
     grad_norm: torch.Tensor | None = None  # of the last optimizer step
     rl_stats: list[dict[str, float]] = field(default_factory=list)
+    first_nonfinite_step: torch.Tensor | None = None  # -1, or the first optimizer step with a non-finite loss
 
-    def add(self, loss: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+    def add(self, loss: torch.Tensor, batch: dict[str, torch.Tensor], step: int) -> None:
+        """Accumulate one micro-batch of optimizer step ``step`` (no host sync)."""
+        loss = loss.detach().float()
         self.micro_batches += 1
         self.samples += batch["input_ids"].shape[0]
-        self.loss_sum = self.loss_sum + loss.detach().float()
+        self.loss_sum = self.loss_sum + loss
         self.source_tokens = self.source_tokens + batch["attention_mask"].sum()
+        if self.first_nonfinite_step is None:
+            self.first_nonfinite_step = torch.full((), -1, dtype=torch.long, device=loss.device)
+        unseen = ~torch.isfinite(loss) & (self.first_nonfinite_step < 0)
+        self.first_nonfinite_step = torch.where(unseen, step, self.first_nonfinite_step)
+
+    def nonfinite_step(self) -> int | None:
+        """The first optimizer step of the window whose loss was inf/NaN, or None (a host sync)."""
+        step = -1 if self.first_nonfinite_step is None else int(self.first_nonfinite_step)
+        return step if step >= 0 else None
 
     def summary(self) -> dict[str, float]:
         """``train/*`` (loss per micro-batch, samples/s, non-padding source tokens/s, grad norm) and the
@@ -194,6 +229,49 @@ class RLSetup:
     reward_fn: RewardFn
     rollout_config: Any  # GenerationConfig that samples (--rl_rollout_preset)
     baseline_config: Any  # GenerationConfig of the greedy baseline (--rl_baseline_preset)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became inf or NaN; training stops before such weights are evaluated or saved."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM or SIGINT stopped training after an optimizer step; ``checkpoint`` resumes it."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path):
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+
+class StopSignals:
+    """While active, SIGTERM and SIGINT (SLURM preemption, Colab, Ctrl-C) only ask the loop to stop: it
+    finishes the optimizer step under way, saves a checkpoint and raises :class:`TrainingInterrupted`. A
+    second signal of the same kind acts at once (the previous handler is back)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        try:
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:  # not the main thread (a notebook worker, a test runner thread): leave them alone
+            self._previous.clear()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+        logger.warning("received %s: stopping after the current optimizer step, with a checkpoint",
+                       signal.Signals(signum).name)
 
 
 def format_row(row: dict[str, Any]) -> str:
@@ -227,6 +305,7 @@ class Trainer:
         self.last_save_step: int | None = None
         self.run_started = time.time()
         self.bar = None
+        self.stop_signals: StopSignals | None = None  # set by main() while it trains
 
     def generation_config(self, preset: str):
         """The preset's ``GenerationConfig`` over the model's special-token ids, ``max_new_tokens`` = the
@@ -320,7 +399,7 @@ class Trainer:
             self.scheduler.step()
             self.optimizer.zero_grad()
         self.state.batches_in_epoch += 1
-        self.window.add(loss, batch)
+        self.window.add(loss, batch, self.state.completed_steps + 1)
 
     def after_optimizer_step(self) -> None:
         self.state.completed_steps += 1
@@ -329,6 +408,7 @@ class Trainer:
         self.maybe_log()
         self.maybe_evaluate()
         self.maybe_save()
+        self.maybe_stop()
 
     def end_epoch(self) -> None:
         self.state.epoch += 1
@@ -337,16 +417,51 @@ class Trainer:
 
     def finish(self) -> None:
         """Always score the final model, and leave a checkpoint of it (when checkpoints are on)."""
+        self.check_finite()
         if self.last_eval_step != self.state.completed_steps:
             self.evaluate()
         if self.args.train.save_steps and self.last_save_step != self.state.completed_steps:
             self.save_checkpoint()
+
+    def check_finite(self) -> None:
+        """Stop with :class:`NonFiniteLossError` if a loss of the current window was inf/NaN (called before
+        logging, evaluating or saving, so that such weights are never exported or checkpointed)."""
+        step = self.window.nonfinite_step()
+        if step is None:
+            return
+        t = self.args.train
+        raise NonFiniteLossError(
+            f"the training loss became inf or NaN at optimizer step {step}; training stopped before those weights "
+            f"were evaluated or saved. Likely causes: a learning rate too high for this model and optimizer "
+            f"(--learning_rate {t.learning_rate:g}, --optimizer {t.optimizer}), fp16 with a T5-family model (use "
+            f"--mixed_precision bf16 or no), no gradient clipping (--max_grad_norm {t.max_grad_norm:g}), or broken "
+            "data. Resume from the last checkpoint with a lower --learning_rate.")
+
+    def stop_requested(self) -> bool:
+        """Whether a stop signal arrived (on any process: every process must stop at the same step)."""
+        local = self.stop_signals is not None and self.stop_signals.received is not None
+        if self.accelerator.num_processes == 1:
+            return local
+        flag = torch.tensor(int(local), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item())  # a sync per step, multi-process only
+
+    def maybe_stop(self) -> None:
+        """After a SIGTERM/SIGINT: a checkpoint of this step, then :class:`TrainingInterrupted`."""
+        if not self.stop_requested():
+            return
+        self.check_finite()
+        if self.last_save_step != self.state.completed_steps:
+            self.save_checkpoint()
+        signum = (self.stop_signals.received if self.stop_signals and self.stop_signals.received else signal.SIGTERM)
+        raise TrainingInterrupted(signum, self.state.completed_steps,
+                                  self.output_dir / "checkpoints" / f"step_{self.state.completed_steps}")
 
     # ---- after-step helpers: each decides whether it is due
     def maybe_log(self) -> None:
         step = self.state.completed_steps
         if step % self.args.train.logging_steps and step != self.max_train_steps:
             return
+        self.check_finite()
         self.log({"step": step, "epoch": self.epoch_progress(), "elapsed_s": round(self.state.elapsed_s, 3),
                   **self.window.summary(), "train/lr": self.scheduler.get_last_lr()[0]})
         self.window = LogWindow()
@@ -355,11 +470,13 @@ class Trainer:
         t, step = self.args.train, self.state.completed_steps
         due = t.eval_every_epoch if epoch_end else bool(t.eval_steps) and step % t.eval_steps == 0
         if due and self.last_eval_step != step:
+            self.check_finite()
             self.evaluate()
 
     def maybe_save(self) -> None:
         save_steps = self.args.train.save_steps
         if save_steps and self.state.completed_steps % save_steps == 0:
+            self.check_finite()
             self.save_checkpoint()
 
     def log(self, row: dict[str, Any]) -> None:
@@ -464,17 +581,76 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         self.last_save_step = self.state.completed_steps
-        return save_checkpoint(self.accelerator, self.state, self.output_dir, self.args.train.save_total_limit)
+        return save_checkpoint(self.accelerator, self.state, self.output_dir, self.args.train.save_total_limit,
+                               hyperparameters=self.args.to_dict())
 
     def resume(self, checkpoint: str) -> None:
-        """Load a checkpoint (``latest`` = the newest under ``OUTPUT_DIR/checkpoints``) exactly."""
+        """Load a checkpoint (``latest`` = the last one written under ``OUTPUT_DIR/checkpoints``) exactly,
+        after comparing its hyperparameters with this run's (see ``parse_arg.resume_differences``).
+
+        Raises:
+            ArgumentError: nothing to resume in a used directory, or a change the saved state cannot take.
+            ExportError: an unreadable or corrupt checkpoint (the previous complete one is named).
+        """
         path = resolve_checkpoint(self.output_dir, checkpoint)
         if path is None:
+            if self.metrics_path.exists():
+                raise ArgumentError(f"--resume_from_checkpoint {checkpoint}: {self.output_dir} holds a run but no "
+                                    "complete checkpoint to resume; use --overwrite_output_dir to start over")
             logger.info("no checkpoint under %s/checkpoints: starting from scratch", self.output_dir)
             return
+        saved = checkpoint_hyperparameters(path)
+        changes = resume_differences(saved, self.args) if saved else {}
+        if changes.get("refused"):
+            raise ArgumentError(f"cannot resume {path} with these changes (the saved model/optimizer state would not "
+                                "fit): " + "; ".join(changes["refused"]) + ". Use the checkpoint's settings, or "
+                                "start a new run in another --output_dir")
         self.state = load_checkpoint(self.accelerator, path)
+        for change in changes.get("not_exact", []):
+            logger.warning("resuming with a changed %s: the run no longer reproduces an uninterrupted one", change)
+        for change in changes.get("applied", []):
+            logger.info("resuming with a changed %s (applied)", change)
+        self.apply_optimizer_settings()
+        self.drop_metrics_after(self.state.completed_steps)
+        self.adopt_exported_best()
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.state.completed_steps,
                     self.state.epoch, self.state.batches_in_epoch)
+
+    def apply_optimizer_settings(self) -> None:
+        """Give the restored optimizer and scheduler this run's learning rate, schedule and optimizer
+        hyperparameters (a checkpoint restores its own; unchanged values give identical numbers)."""
+        t = self.args.train
+        scheduler = getattr(self.scheduler, "scheduler", self.scheduler)  # under Accelerate's wrapper
+        scheduler.base_lrs = [t.learning_rate for _ in scheduler.base_lrs]
+        groups = self.optimizer.param_groups
+        for group, lr_lambda in zip(groups, scheduler.lr_lambdas):
+            group["initial_lr"] = t.learning_rate
+            group["lr"] = t.learning_rate * lr_lambda(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in groups]
+        groups[0]["weight_decay"] = t.weight_decay  # get_optimizer's first group decays, the second does not
+        if t.optimizer == "adamw":
+            for group in groups:
+                group["betas"], group["eps"] = (t.adam_beta1, t.adam_beta2), t.adam_epsilon
+
+    def drop_metrics_after(self, step: int) -> None:
+        """Remove the rows an interrupted run logged after its last checkpoint (they are logged again)."""
+        if not (self.accelerator.is_main_process and self.metrics_path.exists()):
+            return
+        lines = self.metrics_path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and _logged_step(line) <= step]
+        if len(kept) != len(lines):
+            atomic_write_text(self.metrics_path, "".join(kept))
+            logger.info("dropped %d metrics rows logged after step %d", len(lines) - len(kept), step)
+
+    def adopt_exported_best(self) -> None:
+        """``best/`` may hold a model exported after the checkpoint: never replace it by a worse one."""
+        best = self.output_dir / "best"
+        if not (best / "title_config.json").exists():
+            return
+        exported = TitleConfig.load(best)
+        score = exported.metrics.get(f"eval/{self.args.train.metric_for_best_model}")
+        if score is not None and (self.state.best_metric is None or score > self.state.best_metric):
+            self.state.best_metric, self.state.best_step = score, exported.step
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -492,6 +668,28 @@ def make_accelerator(args: Args) -> Accelerator:
     return accelerator
 
 
+def _logged_step(line: str) -> float:
+    """The step of a metrics row; a torn last line (a kill during the write) counts as after every step."""
+    try:
+        return json.loads(line).get("step", 0)
+    except (ValueError, AttributeError):
+        return math.inf
+
+
+def prepare_output_dir(args: Args) -> None:
+    """Create ``--output_dir`` (with ``--overwrite_output_dir``: first delete the previous run's files) and
+    write ``args.json``. ``check_args`` has already refused a used directory otherwise."""
+    out = Path(args.train.output_dir)
+    if args.train.overwrite_output_dir:
+        removed = [name for name in RUN_FILES + RUN_DIRS if (out / name).exists()]
+        for name in removed:
+            shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
+        if removed:
+            logger.info("--overwrite_output_dir: removed %s from %s", ", ".join(removed), out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_args(args, out / "args.json")
+
+
 def load_records(args: Args) -> tuple[list[dict], list[dict]]:
     """``(train, validation)`` records, cut to ``--max_train_samples`` / ``--max_eval_samples``.
 
@@ -504,6 +702,8 @@ def load_records(args: Args) -> tuple[list[dict], list[dict]]:
                             allow_empty_text=True)
     if not train:
         raise DataError(d.train_file, "no training pairs in the file")
+    if not validation:
+        raise DataError(d.validation_file, "no validation pairs in the file")
     return train[: d.max_train_samples or None], validation[: d.max_eval_samples or None]
 
 
@@ -547,8 +747,8 @@ def build_trainer(args: Args, factories: Factories | None = None) -> Trainer:
     t, d = args.train, args.data
     accelerator = make_accelerator(args)
     if accelerator.is_main_process:
-        Path(t.output_dir).mkdir(parents=True, exist_ok=True)
-        save_args(args, Path(t.output_dir) / "args.json")
+        prepare_output_dir(args)
+    accelerator.wait_for_everyone()
     train_records, eval_records = load_records(args)
     tokenizer = factories.tokenizer(args, train_records, accelerator)
     model = factories.model(args, tokenizer)
@@ -602,7 +802,8 @@ def check_only(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None, stop_after_steps: int | None = None,
          factories: Factories | None = None) -> int:
-    """Train; returns the exit status (2 for a bad argument or data file, reported before any training)."""
+    """Train; returns the exit status: 0, 2 for a bad argument or data file (reported before any training),
+    1 for a non-finite loss, 128 + the signal number after SIGTERM/SIGINT (with a resumable checkpoint)."""
     configure_logging()
     try:
         args = parse_args(argv)
@@ -612,7 +813,17 @@ def main(argv: list[str] | None = None, stop_after_steps: int | None = None,
     except SETUP_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    state = trainer.train(stop_after_steps=stop_after_steps)
+    with StopSignals() as signals:
+        trainer.stop_signals = signals
+        try:
+            state = trainer.train(stop_after_steps=stop_after_steps)
+        except TrainingInterrupted as stop:
+            print(f"{stop}: saved {stop.checkpoint}; continue with the same command plus "
+                  "--resume_from_checkpoint latest", file=sys.stderr)
+            return 128 + stop.signum
+        except NonFiniteLossError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     if args.train.report_to:
         trainer.accelerator.end_training()
     logger.info("done: %d steps in %.1f s; best %s = %s at step %s -> %s", state.completed_steps, state.elapsed_s,

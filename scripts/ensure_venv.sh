@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Create (once) and fill the project's virtual environment, then print its python path.
 #   VENV=/path/to/venv  use another location (default: <repo>/.venv)
-# Idempotent: when requirements.txt has not changed since the last successful install it only checks
+# Idempotent: when requirements.txt and constraints.txt have not changed since the last successful install it only checks
 # a stamp file and returns in well under a second. All install output goes to stderr.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 REQ="$ROOT/requirements.txt"
+CONSTRAINTS="$ROOT/constraints.txt"
 STAMP="$VENV/.requirements.sha256"
-want="$(sha256sum "$REQ" | cut -d' ' -f1)"
+want="$(cat "$REQ" "$CONSTRAINTS" | sha256sum | cut -d' ' -f1)"
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/python" ]; then
   echo "$VENV/bin/python"
@@ -32,15 +33,15 @@ fi
   "$VPY" -m pip install --quiet --upgrade pip
   if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
     if [ "$has_gpu" = 1 ]; then
-      echo "[setup] GPU found: installing a CUDA build of torch"
-      "$VPY" -m pip install --quiet torch
+      echo "[setup] GPU found: installing torch==2.13.0 from PyPI (a CUDA build)"
+      "$VPY" -m pip install --quiet torch==2.13.0
     else
       echo "[setup] no GPU: installing the CPU build torch==2.13.0"
       "$VPY" -m pip install --quiet torch==2.13.0
     fi
   fi
-  echo "[setup] installing requirements.txt"
-  "$VPY" -m pip install --quiet -r "$REQ"
+  echo "[setup] installing requirements.txt (versions pinned by constraints.txt)"
+  "$VPY" -m pip install --quiet -r "$REQ" -c "$CONSTRAINTS"
   echo "$want" > "$STAMP"
   echo "[setup] done"
 } >&2

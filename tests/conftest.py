@@ -140,3 +140,33 @@ def save_tiny_export(tokenizer, out_dir, *, eos_scale: float = 2.0, seed: int = 
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     return model.eval()
+
+
+@pytest.fixture()
+def tiny_run(tmp_path, lcsts_train, tiny_tokenizer_dir):
+    """argv builder for a tiny from-scratch run on real LCSTS pairs (char segmenter, no ckip data)."""
+
+    def make(n_train=32, n_eval=None, out="out", config_overrides=None, train_records=None, extra=()):
+        records = train_records or lcsts_train[:n_train]
+        train_file = write_jsonl(tmp_path / f"train_{n_train}.jsonl", records)
+        eval_file = write_jsonl(tmp_path / f"eval_{n_train}.jsonl", records[: n_eval or len(records)])
+        config = tmp_path / "tiny_config.json"
+        config.write_text(json.dumps({**TINY_MT5, **(config_overrides or {})}), encoding="utf-8")
+        return [
+            "--config_name", str(config), "--tokenizer_name", str(tiny_tokenizer_dir),
+            "--train_file", str(train_file), "--validation_file", str(eval_file),
+            "--output_dir", str(tmp_path / out), "--segmenter", "char",
+            "--max_source_length", "64", "--max_target_length", "24", "--per_device_eval_batch_size", "32",
+            "--eval_every_epoch", "false", "--save_steps", "0", *extra,
+        ]
+
+    return make
+
+
+def read_rows(output_dir: Path) -> list[dict]:
+    with open(output_dir / "metrics.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def train_losses(output_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["train/loss"] for r in read_rows(output_dir) if "train/loss" in r}

@@ -1,22 +1,26 @@
 """Command line: score a submission like the course's ``eval.py``, or download ckiptagger's data.
 
     python -m tw_rouge -r reference.jsonl -s submission.jsonl [--segmenter ckip|jieba|char] [--per-example F]
-    python -m tw_rouge download [--dir DIR]
+    python -m tw_rouge download [--dir DIR] [--sha256 HEX]
+
+The scores are those of the course's ``eval.py`` on every input (see ``scoring.course_eval_scores``).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
-from data_io import DataError, atomic_open, read_jsonl
+from data_io import DataError, atomic_open, check_output_path, read_jsonl
 
-from .scoring import average_scores, get_rouge
+from .scoring import average_scores, course_eval_scores
 from .segment import SEGMENTERS, CkipDataMissingError, default_ckip_dir, missing_ckip_files
 
 
@@ -39,46 +43,104 @@ def read_titles(path: str) -> dict:
 
 
 def evaluate(reference: str, submission: str, segmenter: str | None, per_example: str | None) -> dict:
+    """The course's ``eval.py``: average ROUGE of the submission's titles against the references, matched by
+    id (:func:`tw_rouge.scoring.course_eval_scores`); per-article scores go to ``per_example`` when given.
+
+    Raises:
+        InputError: unreadable or malformed files, no references, reference ids missing from the submission,
+            an unusable ``per_example`` path (checked before anything is scored).
+        ValueError: an unknown segmenter name.
+    """
+    if per_example:
+        try:
+            check_output_path(per_example, [reference, submission], create_parents=False)
+        except DataError as err:
+            raise InputError(f"--per-example {err}") from err
     refs, preds = read_titles(reference), read_titles(submission)
+    if not refs:
+        raise InputError(f"{reference}: no reference titles in the file")
     missing = [k for k in refs if k not in preds]
     if missing:
         shown = ", ".join(repr(k) for k in missing[:5])
         raise InputError(f"{submission}: {len(missing)} reference id(s) have no prediction, e.g. {shown}")
     keys = list(refs)
-    ref_list, pred_list = [refs[k] for k in keys], [preds[k] for k in keys]
-    per_pair = get_rouge(pred_list, ref_list, avg=False, segmenter=segmenter)
+    per_pair = course_eval_scores([preds[k] for k in keys], [refs[k] for k in keys], segmenter=segmenter)
     if per_example:
-        _write_per_example(per_example, keys, per_pair)
+        with atomic_open(per_example, "w") as f:
+            for key, scores in zip(keys, per_pair):
+                f.write(json.dumps({"id": key, **scores}, ensure_ascii=False) + "\n")
     return average_scores(per_pair)
 
 
-def _write_per_example(path: str, keys: list, per_pair: list) -> None:
-    """One JSON line per article, written atomically (``data_io.atomic_open``)."""
-    out = Path(path)
-    if not out.parent.is_dir():
-        raise InputError(f"{path}: output directory {out.parent} does not exist")
-    with atomic_open(out, "w") as f:
-        for key, scores in zip(keys, per_pair):
-            f.write(json.dumps({"id": key, **scores}, ensure_ascii=False) + "\n")
+CKIP_DATA_URL = "https://ckip.iis.sinica.edu.tw/data/ckiptagger/data.zip"  # ckiptagger.data_utils' mirrors
+CKIP_DATA_GDRIVE = "https://drive.google.com/uc?id=1efHsY16pxK0lBD2gYCgCTnv1Swstq771"
 
 
-def download(data_dir: Path) -> None:
-    """Download ckiptagger's data (about 2 GB) with ckiptagger's own functions into ``data_dir``."""
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_archive(target: Path) -> str:
+    """Download ckiptagger's ``data.zip`` to ``target`` from its first mirror, else its Google Drive copy
+    (with gdown, which ckiptagger installs). Returns the URL it came from.
+
+    Raises:
+        OSError / RuntimeError: both mirrors failed.
+    """
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(CKIP_DATA_URL, timeout=60) as response, open(target, "wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
+        return CKIP_DATA_URL
+    except OSError as err:  # the primary mirror is sometimes down; ckiptagger ships a second one
+        print(f"{CKIP_DATA_URL} failed ({err}); trying the Google Drive copy", file=sys.stderr)
+    import gdown
+
+    if not gdown.download(CKIP_DATA_GDRIVE, str(target), quiet=False):
+        raise RuntimeError(f"the download from {CKIP_DATA_GDRIVE} failed")
+    return CKIP_DATA_GDRIVE
+
+
+def download(data_dir: Path, expected_sha256: str | None = None) -> None:
+    """Download ckiptagger's data (about 2 GB) into ``data_dir``, verified before it is installed.
+
+    The archive is checked three ways before anything is moved into place: its SHA-256 against
+    ``expected_sha256`` when one is given (``--sha256`` or ``$TW_ROUGE_CKIP_SHA256``; its own SHA-256 is
+    printed so that a first download can be pinned), every member's CRC (``zipfile.testzip``: truncated or
+    corrupted downloads), and the required model files. It is unpacked into a staging directory beside
+    ``data_dir`` and renamed into place, so an interrupted or failed download leaves nothing half-installed.
+
+    Raises:
+        RuntimeError: a checksum mismatch, a corrupt or incomplete archive.
+        OSError: the download failed on both mirrors.
+    """
     if not missing_ckip_files(data_dir):
         print(f"ckiptagger data already present in {data_dir}")
         return
-    from ckiptagger import data_utils
-
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".ckiptagger-download-", dir=data_dir.parent))
     try:
+        archive = staging / "data.zip"
+        source = fetch_archive(archive)
+        digest = sha256_of(archive)
+        print(f"downloaded {archive.stat().st_size:,} bytes from {source}, sha256 {digest}", file=sys.stderr)
+        if expected_sha256 and digest != expected_sha256.lower():
+            raise RuntimeError(f"checksum mismatch: expected sha256 {expected_sha256}, got {digest}")
         try:
-            data_utils.download_data_url(str(staging))
-        except Exception as err:  # the primary mirror is sometimes down; ckiptagger ships a second one
-            print(f"download_data_url failed ({err}); trying download_data_gdown", file=sys.stderr)
-            data_utils.download_data_gdown(str(staging))
+            with zipfile.ZipFile(archive) as zipped:
+                broken = zipped.testzip()
+                if broken is not None:
+                    raise RuntimeError(f"the archive is corrupt (bad CRC in {broken})")
+                zipped.extractall(staging)  # zipfile drops absolute paths and '..' components
+        except zipfile.BadZipFile as err:
+            raise RuntimeError(f"not a complete zip archive ({err})") from err
         if missing_ckip_files(staging / "data"):
-            raise RuntimeError(f"download finished but {staging / 'data'} is incomplete")
+            raise RuntimeError(f"the archive lacks {', '.join(missing_ckip_files(staging / 'data'))}")
         if data_dir.exists():
             shutil.rmtree(data_dir)
         os.replace(staging / "data", data_dir)
@@ -92,9 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "download":
         parser = argparse.ArgumentParser(prog="python -m tw_rouge download", description=download.__doc__)
         parser.add_argument("--dir", type=Path, default=None, help=f"data dir (default: {default_ckip_dir()})")
+        parser.add_argument("--sha256", default=os.environ.get("TW_ROUGE_CKIP_SHA256"),
+                            help="expected SHA-256 of data.zip (default: $TW_ROUGE_CKIP_SHA256; without one "
+                                 "the archive's CRCs and files are still checked)")
         args = parser.parse_args(argv[1:])
         try:
-            download((args.dir or default_ckip_dir()).expanduser())
+            download((args.dir or default_ckip_dir()).expanduser(), args.sha256)
         except Exception as err:
             print(f"error: could not download ckiptagger data: {err}", file=sys.stderr)
             return 1
@@ -112,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         result = evaluate(args.reference, args.submission, args.segmenter, args.per_example)
-    except (InputError, CkipDataMissingError) as err:
+    except (InputError, CkipDataMissingError, ValueError) as err:  # ValueError: unknown $TW_ROUGE_SEGMENTER
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))

@@ -1,15 +1,18 @@
 """ROUGE-1/2/L for Chinese: segment, join words with spaces, score with the ``rouge`` package.
 
 For the same segmentation the numbers equal ``rouge.Rouge().get_scores`` on the space-joined text
-exactly (same per-pair values, same summation order for the average). The one deliberate difference:
-an empty or whitespace-only prediction (or reference) scores 0 instead of raising
-``ValueError: Hypothesis is empty.``, which is what the course's ``eval.py`` effectively does.
+exactly (same per-pair values, same summation order for the average). The one deliberate difference in
+:func:`get_rouge`: an empty or whitespace-only prediction (or reference) scores 0 instead of raising
+``ValueError: Hypothesis is empty.``. :func:`course_eval_scores` is the course's ``eval.py`` itself
+(``title.strip() + "\\n"`` before segmenting, no special case), which the command line uses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Sequence
+import sys
+from typing import Iterator, Sequence
 
 from .segment import Segmenter, get_segmenter
 
@@ -86,14 +89,59 @@ def average_scores(per_pair: Sequence[dict[str, dict[str, float]]]) -> dict[str,
 
 def _score_pairs(joined_preds: list[str], joined_refs: list[str]) -> list[dict[str, dict[str, float]]]:
     """Score space-joined pairs with ``rouge.Rouge``; a pair with an empty side scores 0."""
-    rouge = _rouge()
     out: list[dict | None] = [None] * len(joined_preds)
     idx = [i for i, (p, r) in enumerate(zip(joined_preds, joined_refs)) if _has_words(p) and _has_words(r)]
     if idx:
-        scored = rouge.get_scores([joined_preds[i] for i in idx], [joined_refs[i] for i in idx])
+        scored = _rouge_scores([joined_preds[i] for i in idx], [joined_refs[i] for i in idx])
         for i, s in zip(idx, scored):
             out[i] = s
     return [s if s is not None else _zero_scores() for s in out]
+
+
+def _rouge_scores(joined_preds: list[str], joined_refs: list[str]) -> list[dict[str, dict[str, float]]]:
+    """``rouge.Rouge().get_scores`` per pair. The package rebuilds the ROUGE-L subsequence recursively (one
+    frame per word), so long texts would raise ``RecursionError`` under Python's default limit of 1,000:
+    the limit is raised for the call to what the longest pair needs (the numbers are the package's own)."""
+    longest = max((len(p.split()) + len(r.split()) for p, r in zip(joined_preds, joined_refs)), default=0)
+    with _recursion_limit(longest + 500):
+        return _rouge().get_scores(joined_preds, joined_refs)
+
+
+@contextlib.contextmanager
+def _recursion_limit(depth: int) -> Iterator[None]:
+    before = sys.getrecursionlimit()
+    if depth > before:
+        sys.setrecursionlimit(depth)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(before)
+
+
+def course_eval_scores(preds: Sequence[str], refs: Sequence[str], segmenter: str | Segmenter | None = None,
+                       ckip_dir: str | os.PathLike | None = None) -> list[dict[str, dict[str, float]]]:
+    """Per-pair scores exactly as the course's ``eval.py`` computes them: every title is read as
+    ``title.strip() + "\\n"``, segmented, joined with spaces and scored with ``rouge.Rouge().get_scores``.
+
+    The appended newline matters: ``rouge`` splits sentences on ASCII ``.``, so a title ending in ``.`` gets
+    one more, empty, "sentence" (and with it an empty word) when the segmenter returns the newline as a
+    token, as ckiptagger does. Unlike :func:`get_rouge` there is no special case for an empty title;
+    only a pair the ``rouge`` package cannot score at all (where ``eval.py`` would stop with
+    ``ValueError: Hypothesis is empty.``) scores 0.
+
+    Returns:
+        ``[n]`` dicts ``{"rouge-1": {"r", "p", "f"}, ...}``; average them with :func:`average_scores`.
+    """
+    seg = get_segmenter(segmenter, ckip_dir)
+    joined_preds = seg.join([p.strip() + "\n" for p in preds])
+    joined_refs = seg.join([r.strip() + "\n" for r in refs])
+    out = []
+    for p, r in zip(joined_preds, joined_refs):
+        try:
+            out.extend(_rouge_scores([p], [r]))
+        except ValueError:  # "Hypothesis is empty." / "Reference is empty."
+            out.append(_zero_scores())
+    return out
 
 
 def _has_words(joined: str) -> bool:

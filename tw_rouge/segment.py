@@ -33,6 +33,11 @@ def default_ckip_dir() -> Path:
     return Path(cache).expanduser() / "ckiptagger" / "data"
 
 
+def default_jieba_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/tw_rouge/jieba`` (``~/.cache`` when unset), ``~`` expanded."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "tw_rouge" / "jieba"
+
+
 def missing_ckip_files(data_dir: str | os.PathLike) -> list[str]:
     """The required ckiptagger data files (relative names) that ``data_dir`` lacks."""
     root = Path(data_dir)
@@ -85,15 +90,19 @@ class CharSegmenter(Segmenter):
 
 
 class JiebaSegmenter(Segmenter):
-    """``jieba.lcut(text)``: accurate mode, HMM on (Sun Junyi's jieba, PyPI ``jieba``).
+    """``jieba.lcut(text)``: accurate mode, HMM on (Sun Junyi's jieba, PyPI ``jieba``), every token as
+    jieba returns it (whitespace tokens too, as ckiptagger's ``WS`` does).
 
-    Whitespace tokens that jieba emits are dropped; they would vanish in the space-joined form anyway.
+    jieba caches its dictionary with ``marshal`` in a file it later trusts; by default that file lives in
+    the world-writable system temp directory. Here it goes to ``cache_dir`` (default
+    ``$XDG_CACHE_HOME/tw_rouge/jieba``, ``~/.cache`` when unset), created with mode 0700.
     """
 
     name = "jieba"
 
-    def __init__(self, cache_size: int = 500_000):
+    def __init__(self, cache_size: int = 500_000, cache_dir: str | os.PathLike | None = None):
         super().__init__(cache_size)
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_jieba_cache_dir()
         self._jieba = None
 
     def _segment_batch(self, texts):
@@ -103,15 +112,20 @@ class JiebaSegmenter(Segmenter):
             import jieba
 
             jieba.setLogLevel(logging.WARNING)
+            self.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            jieba.dt.tmp_dir = str(self.cache_dir)  # before the dictionary is loaded (on the first lcut)
             self._jieba = jieba
-        return [[tok for tok in self._jieba.lcut(text) if tok.strip()] for text in texts]
+        return [self._jieba.lcut(text) for text in texts]
 
 
 class CkipSegmenter(Segmenter):
     """CKIP word segmentation (ckiptagger ``WS``), the course's grading segmenter.
 
     The ``WS`` model (TensorFlow) is built lazily on the first call, once per segmenter, on the GPU
-    when one is visible.
+    when one is visible. TensorFlow is told to grow its GPU memory as needed
+    (``TF_FORCE_GPU_ALLOW_GROWTH=true``, set before TensorFlow is imported): by default its session would
+    reserve nearly all free GPU memory inside the training process, and the next training step would run
+    out of memory.
 
     Raises (on first use):
         CkipDataMissingError: the data dir lacks ckiptagger's model files; the message names the dir
@@ -141,6 +155,7 @@ class CkipSegmenter(Segmenter):
 
     def _load(self):
         self.check_data()
+        os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")  # read by TensorFlow when it starts
         from ckiptagger import WS
 
         self._ws = WS(str(self.data_dir), disable_cuda=not _cuda_available())
