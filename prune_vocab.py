@@ -616,6 +616,11 @@ def remap_config_ids(model, old_to_new: dict[int, int]) -> None:
         PruneError: a special id was removed, or a field that cannot be remapped is set
             (``sequence_bias``, ``force_words_ids``).
     """
+    config = getattr(model, "generation_config", None)
+    for name in ("sequence_bias", "force_words_ids"):
+        if config is not None and getattr(config, name, None):
+            raise PruneError(f"generation_config.{name} is set; remap or remove it before pruning")
+
     def one(value, where: str):
         if value is None:
             return None
@@ -627,7 +632,6 @@ def remap_config_ids(model, old_to_new: dict[int, int]) -> None:
 
     for name in _ID_FIELDS:
         setattr(model.config, name, one(getattr(model.config, name, None), f"config.{name}"))
-    config = getattr(model, "generation_config", None)
     if config is None:
         return
     for name in _GENERATION_ID_FIELDS:
@@ -639,9 +643,6 @@ def remap_config_ids(model, old_to_new: dict[int, int]) -> None:
     if getattr(config, "bad_words_ids", None) is not None:
         config.bad_words_ids = [[old_to_new[i] for i in seq] for seq in config.bad_words_ids
                                 if all(i in old_to_new for i in seq)] or None
-    for name in ("sequence_bias", "force_words_ids"):
-        if getattr(config, name, None):
-            raise PruneError(f"generation_config.{name} is set; remap or remove it before pruning")
 
 
 def count_parameters(model) -> int:
@@ -772,17 +773,24 @@ def plan_pruning(
 
     stats = corpus_statistics(tokenizer, proto, texts)
     n_pieces = len(proto.pieces)
-    special_ids = {i for i, p in enumerate(proto.pieces) if p.type in (UNKNOWN, CONTROL, USER_DEFINED)}
-    content_seen = [i for i in stats.piece_counts if i not in special_ids and
-                    not (i < n_pieces and proto.pieces[i].piece == WORD_BOUNDARY)]
-    if not content_seen or stats.char_coverage < min_coverage:
-        top = ", ".join(f"{c} ({n})" for c, n in Counter(
-            char_class(ch) for ch in stats.char_counts.elements()).most_common(3))
+    class_counts: Counter = Counter()
+    for char, count in stats.char_counts.items():
+        class_counts[char_class(char)] += count
+    main_classes = ", ".join(f"{c} ({n:,} characters)" for c, n in class_counts.most_common(3)) or "none"
+    if stats.char_coverage < min_coverage:
         raise PruneError(
             f"the vocabulary does not cover this corpus: only {stats.char_coverage:.1%} of its {stats.num_chars:,} "
             f"characters are encoded without <unk> (minimum {min_coverage:.0%}); its main character classes: "
-            f"{top or 'none'}. A corpus in a script the model's vocabulary lacks cannot be pruned to")
-    classes = {char_class(c) for c in stats.char_counts}
+            f"{main_classes}. A corpus in a script the model's vocabulary lacks cannot be pruned to")
+    content = [i for i in stats.piece_counts if i < n_pieces and proto.pieces[i].type in (NORMAL, BYTE)
+               and proto.pieces[i].piece != WORD_BOUNDARY]
+    if not content:
+        raise PruneError("the corpus uses no piece but special tokens: nothing to keep but the specials")
+    if stats.unk_tokens:
+        log = logger.warning if stats.char_coverage < 0.99 else logger.info
+        log("%.2f%% of the corpus characters are <unk> for this vocabulary (they stay <unk>)",
+            100 * (1 - stats.char_coverage))
+    classes = set(class_counts)
     kept_ids, reasons = select_pieces(proto, stats.piece_counts, classes, seen_ids=stats.sentencepiece_ids,
                                       required_ids=[i for i in required_ids if i < n_pieces],
                                       keep_top=keep_top, min_count=min_count)
@@ -800,7 +808,7 @@ def plan_pruning(
                                               exact=keep_top is None and min_count <= 1)
     kept_set = set(kept_ids)
     kept_tokens = sum(c for i, c in stats.piece_counts.items() if i in kept_set and i != tokenizer.unk_token_id)
-    single = {p.piece for i, p in enumerate(pruned_proto.pieces) if p.type == NORMAL and len(p.piece) == 1}
+    single = {p.piece for p in pruned_proto.pieces if p.type == NORMAL and len(p.piece) == 1}
     with_fallback = sum(c for ch, c in stats.char_counts.items() if ch in single)
     normalized_chars = stats.normalized_chars
     info = PruneInfo(

@@ -215,6 +215,27 @@ def test_select_pieces_by_hand():
     assert 8 in kept  # an id the model config names
 
 
+def test_remap_config_ids():
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(pad_token_id=0, eos_token_id=1, bos_token_id=None, decoder_start_token_id=0)
+    generation = SimpleNamespace(pad_token_id=0, eos_token_id=[1, 7], bos_token_id=None, decoder_start_token_id=0,
+                                 forced_bos_token_id=None, forced_eos_token_id=None, suppress_tokens=[5, 9],
+                                 begin_suppress_tokens=None, bad_words_ids=[[5, 7], [9]], sequence_bias=None,
+                                 force_words_ids=None)
+    model = SimpleNamespace(config=config, generation_config=generation)
+    pv.remap_config_ids(model, {0: 0, 1: 1, 2: 2, 7: 3, 9: 4})
+    assert generation.eos_token_id == [1, 3] and generation.suppress_tokens == [4]
+    assert generation.bad_words_ids == [[4]] and config.decoder_start_token_id == 0
+    generation.sequence_bias = {(3,): 1.0}
+    with pytest.raises(pv.PruneError, match="sequence_bias"):
+        pv.remap_config_ids(model, {0: 0, 1: 1, 3: 2, 4: 3})
+    assert generation.eos_token_id == [1, 3]  # refused before anything changed
+    generation.sequence_bias = None
+    with pytest.raises(pv.PruneError, match="eos_token_id = 7 is not among the kept tokens"):
+        pv.remap_config_ids(SimpleNamespace(config=SimpleNamespace(eos_token_id=7), generation_config=None), {1: 1})
+
+
 def test_projected_parameters():
     assert pv.projected_parameters(1000, 100, 40, 5, tied=False) == 1000 - 60 * 5 * 2
     assert pv.projected_parameters(1000, 100, 40, 5, tied=True) == 1000 - 60 * 5
@@ -409,6 +430,16 @@ def test_pruning_twice_is_a_no_op(pruned_export, corpus_file, tmp_path):
     assert info["kept_pieces"] == info["original_pieces"] and info["kept_rows"] == info["original_rows"]
 
 
+def test_pruning_twice_in_memory_is_a_no_op(pruned_models, corpus_texts):
+    """The training loop's path: the pruned tokenizer with the returned sentencepiece model."""
+    model, tokenizer, info = pruned_models["untied"]
+    again, tokenizer2, info2 = pv.prune_model_and_tokenizer(copy.deepcopy(model), tokenizer, corpus_texts,
+                                                            sp_model=info.sentencepiece_model)
+    assert info2.new_to_old == list(range(len(tokenizer))) and tokenizer2.get_vocab() == tokenizer.get_vocab()
+    assert info2.sentencepiece_model == info.sentencepiece_model
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+
+
 def test_export_without_spiece_model(full_models, tokenizer, corpus_file, pruned_export, proto, tmp_path):
     """transformers 5's save_pretrained writes no spiece.model (training exports have only tokenizer.json):
     the sentencepiece model is rebuilt from tokenizer.json (pieces, scores, types, normalizer, byte
@@ -536,6 +567,8 @@ def test_library_errors(full_models, tokenizer, proto):
                                                    encoder_ffn_dim=16, decoder_ffn_dim=16))
     with pytest.raises(pv.PruneError, match="model type 'bart' is not supported"):
         pv.prune_model_and_tokenizer(bart, tokenizer, ["新闻"])
+    with pytest.raises(pv.PruneError, match="no piece but special tokens"):
+        pv.plan_pruning(tokenizer, ["</s> <pad>", "</s>"], sp_model=proto)
     with pytest.raises(pv.PruneError, match="only 100 sentinels"):
         pv.plan_pruning(tokenizer, ["新闻"], keep_sentinels=101, sp_model=proto)
     model = full_models["untied"]
