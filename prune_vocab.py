@@ -405,7 +405,8 @@ def corpus_statistics(tokenizer, proto, texts: Sequence[str]) -> CorpusStatistic
 def read_corpus(paths: Sequence[str | os.PathLike], text_columns: Sequence[str] = ("maintext", "title")
                 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Texts from JSON-lines files (``.jsonl``/``.json``: the ``text_columns`` fields of every record, read
-    with :func:`data_io.read_jsonl`) or plain-text files (any other name: one text per line, UTF-8).
+    with :func:`data_io.read_jsonl`, so records need an ``id`` and the first column; the others may be
+    missing) or plain-text files (any other name: one text per line, UTF-8).
 
     Returns:
         ``(texts, files)``: the non-empty texts in file order, and per file ``{"path", "bytes", "texts"}``.

@@ -236,6 +236,24 @@ def test_remap_config_ids():
         pv.remap_config_ids(SimpleNamespace(config=SimpleNamespace(eos_token_id=7), generation_config=None), {1: 1})
 
 
+def test_read_corpus_jsonl_and_plain_text(tmp_path):
+    jsonl = write_jsonl(tmp_path / "a.jsonl", [{"id": 1, "maintext": "新闻正文", "title": "标题"},
+                                               {"id": 2, "maintext": "第二篇"}, {"id": 3, "maintext": " "}])
+    text = tmp_path / "b.txt"
+    text.write_text("\ufeff第一行\n\n  \nsecond line\n", encoding="utf-8")
+    texts, files = pv.read_corpus([jsonl, text])
+    assert texts == ["新闻正文", "标题", "第二篇", "第一行", "second line"]
+    assert files == [{"path": str(jsonl), "bytes": jsonl.stat().st_size, "texts": 3},
+                     {"path": str(text), "bytes": text.stat().st_size, "texts": 2}]
+    assert pv.read_corpus([jsonl], ["maintext"])[0] == ["新闻正文", "第二篇"]
+    from data_io import DataError
+
+    with pytest.raises(DataError, match=r"a.jsonl:2: missing field 'title'"):  # the first column is required
+        pv.read_corpus([jsonl], ["title", "maintext"])
+    args = pv.parse_args(["--model_name_or_path", "m", "--corpus", "a", "b", "--corpus", "c", "--dry_run"])
+    assert args.corpus == ["a", "b", "c"] and args.dry_run and args.text_columns == ["maintext", "title"]
+
+
 def test_projected_parameters():
     assert pv.projected_parameters(1000, 100, 40, 5, tied=False) == 1000 - 60 * 5 * 2
     assert pv.projected_parameters(1000, 100, 40, 5, tied=True) == 1000 - 60 * 5
@@ -529,10 +547,10 @@ def test_unseen_text_falls_back_to_single_characters(pruned_models, tokenizer, p
     assert pruned(cyrillic)["input_ids"].count(pruned.unk_token_id) == 1
 
 
-def test_keep_top_and_min_count_restrict_corpus_pieces_only(full_models, tokenizer, corpus_texts, proto):
-    model, pruned, info = pv.prune_model_and_tokenizer(copy.deepcopy(full_models["untied"]), tokenizer, corpus_texts,
-                                                       keep_top=300, sp_model=proto)
-    full_info = pv.plan_pruning(tokenizer, corpus_texts, sp_model=proto).info
+def test_keep_top_and_min_count_restrict_corpus_pieces_only(pruned_models, tokenizer, corpus_texts, proto):
+    plan = pv.plan_pruning(tokenizer, corpus_texts, keep_top=300, sp_model=proto)
+    pruned, info = plan.tokenizer, plan.info
+    full_info = pruned_models["untied"][2]
     assert info.kept_by_reason["corpus"] == 300 < full_info.kept_by_reason["corpus"]
     assert info.kept_by_reason["byte_fallback"] + info.kept_by_reason["char_fallback"] > \
         full_info.kept_by_reason["char_fallback"]  # pieces no longer kept as corpus pieces still fall back
