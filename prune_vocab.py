@@ -58,6 +58,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
+from data_io import DataError, read_jsonl
+from export import swap_dir
+from modeling import count_parameters, get_tokenizer, lm_head_is_tied
+
 logger = logging.getLogger("prune_vocab")
 
 T5_FAMILY = ("t5", "mt5")  # sentencepiece unigram vocabularies with T5's layout
@@ -415,7 +419,6 @@ def read_corpus(paths: Sequence[str | os.PathLike], text_columns: Sequence[str] 
         DataError: a missing or unreadable file, bad UTF-8 or a malformed record (``FILE:LINE: message``),
             a column no record has, or a file without any non-empty text.
     """
-    from data_io import DataError, read_jsonl
 
     if not text_columns:
         raise PruneError("no text columns given")
@@ -448,7 +451,6 @@ def read_corpus(paths: Sequence[str | os.PathLike], text_columns: Sequence[str] 
 
 
 def _read_text_lines(path: Path) -> list[str]:
-    from data_io import DataError
 
     if not path.is_file():
         raise DataError(path, "file not found" if not path.exists() else "not a regular file")
@@ -530,11 +532,6 @@ def select_pieces(
 
 
 # ----------------------------------------------------------------------------------------------- model
-
-def lm_head_is_tied(model) -> bool:
-    """True when ``lm_head`` shares its storage with the input embeddings."""
-    return model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-
 
 def check_model(model) -> None:
     """Raises :class:`PruneError` unless ``model`` is a T5/mT5 encoder-decoder with an ``lm_head``."""
@@ -644,16 +641,6 @@ def remap_config_ids(model, old_to_new: dict[int, int]) -> None:
     if getattr(config, "bad_words_ids", None) is not None:
         config.bad_words_ids = [[old_to_new[i] for i in seq] for seq in config.bad_words_ids
                                 if all(i in old_to_new for i in seq)] or None
-
-
-def count_parameters(model) -> int:
-    """Parameters, shared (tied) tensors counted once."""
-    seen, total = set(), 0
-    for p in model.parameters():
-        if p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            total += p.numel()
-    return total
 
 
 def projected_parameters(total: int, old_rows: int, new_rows: int, d_model: int, tied: bool) -> int:
@@ -925,13 +912,13 @@ def prune_model_and_tokenizer(
     plan = plan_pruning(tokenizer, texts, keep_top=keep_top, min_count=min_count, keep_sentinels=keep_sentinels,
                         min_coverage=min_coverage, required_ids=referenced_token_ids(model), sp_model=sp_model)
     old_to_new = {old: new for new, old in enumerate(plan.new_to_old)}
-    before = count_parameters(model)
+    before = count_parameters(model)[0]
     tied = lm_head_is_tied(model)
     remap_config_ids(model, old_to_new)
     rows = slice_vocabulary(model, plan.new_to_old, pad_to_multiple_of, pad_row=tokenizer.pad_token_id)
     info = plan.info
     info.original_rows, info.kept_rows, info.pad_to_multiple_of = old_rows, rows, pad_to_multiple_of
-    info.lm_head_tied, info.parameters_before, info.parameters_after = tied, before, count_parameters(model)
+    info.lm_head_tied, info.parameters_before, info.parameters_after = tied, before, count_parameters(model)[0]
     logger.info("pruned the vocabulary to %d of %d pieces (+%d sentinels): %d rows, %s -> %s parameters",
                 info.kept_pieces, info.original_pieces, keep_sentinels, rows, f"{before:,}",
                 f"{info.parameters_after:,}")
@@ -984,8 +971,6 @@ def load_source(model_name_or_path: str):
         PruneError: see :func:`check_source`; the model or tokenizer cannot be loaded.
     """
     from transformers import AutoModelForSeq2SeqLM
-
-    from modeling import get_tokenizer
 
     source_dir = check_source(model_name_or_path)
     try:
@@ -1053,7 +1038,7 @@ def prune_export(
     logger.info("corpus: %d texts from %d file(s)", len(texts), len(files))
     model, tokenizer, proto = load_source(str(model_name_or_path))
     old_rows = model.get_input_embeddings().weight.shape[0]
-    tied, before = lm_head_is_tied(model), count_parameters(model)
+    tied, before = lm_head_is_tied(model), count_parameters(model)[0]
     options = dict(keep_top=keep_top, min_count=min_count, keep_sentinels=keep_sentinels, min_coverage=min_coverage,
                    sp_model=proto)
     if dry_run:
@@ -1079,7 +1064,6 @@ def write_export(model, tokenizer, info: PruneInfo, output_dir: Path, source_dir
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    old = None
     try:
         model.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
@@ -1097,16 +1081,11 @@ def write_export(model, tokenizer, info: PruneInfo, output_dir: Path, source_dir
                         source_dir, ", ".join(skipped))
         (staging / PRUNE_INFO).write_text(json.dumps(info.to_dict(), indent=2, ensure_ascii=False) + "\n",
                                           encoding="utf-8")
-        if output_dir.exists():
-            if not overwrite and (not output_dir.is_dir() or any(output_dir.iterdir())):
-                raise PruneError(f"{output_dir}: exists and is not empty; give --overwrite")
-            old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
-            os.replace(output_dir, old / "export")
-        os.replace(staging, output_dir)
+        if output_dir.exists() and not overwrite and (not output_dir.is_dir() or any(output_dir.iterdir())):
+            raise PruneError(f"{output_dir}: exists and is not empty; give --overwrite")
+        swap_dir(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     logger.info("wrote %s", output_dir)
 
 
@@ -1171,7 +1150,6 @@ def parse_args(argv: Sequence[str] | None = None) -> PruneArguments:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point. Exit status: 0 done; 2 bad arguments, source, corpus or output directory (nothing
     written); 1 any other failure."""
-    from data_io import DataError
 
     args = parse_args(argv)
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

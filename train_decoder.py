@@ -64,6 +64,7 @@ from parse_arg import (
     save_args,
 )
 from plotting import plot_learning_curves
+from prune_vocab import PRUNE_INFO, PruneError, prune_export
 from rl import RewardFn, make_rouge_reward, mixed_objective, scst_step
 from seq2seq_data import IndexedSeq2SeqCollator, get_train_dataloader, tokenize_pairs
 from tw_rouge import get_rouge, get_segmenter
@@ -73,6 +74,39 @@ logger = logging.getLogger("train_decoder")
 
 # ----------------------------------------------------------------------------------------------------
 # factories (tests and benchmarks swap in their own through Factories)
+
+
+PRUNED_MODEL_DIR = "pruned_model"
+
+
+def pretrained_source(args: Args) -> str:
+    """Where the pretrained model and tokenizer are loaded from: ``--model_name_or_path``, or with
+    ``--prune_vocabulary`` its pruned copy in ``OUTPUT_DIR/pruned_model`` (see :func:`prune_vocabulary`)."""
+    if args.model.prune_vocabulary:
+        return str(Path(args.train.output_dir) / PRUNED_MODEL_DIR)
+    return args.model.model_name_or_path
+
+
+def prune_vocabulary(args: Args, accelerator: Accelerator) -> None:
+    """``--prune_vocabulary``: write ``OUTPUT_DIR/pruned_model``, the pretrained model cut to the pieces the
+    training and validation texts use (``prune_vocab.prune_export``: segmentation of every corpus text
+    checked unchanged), once; a resumed run reuses it.
+
+    Raises:
+        ArgumentError: the model or corpus cannot be pruned (prune_vocab's message).
+    """
+    out = Path(pretrained_source(args))
+    if accelerator.is_main_process and not (out / PRUNE_INFO).is_file():
+        m, d = args.model, args.data
+        try:
+            info = prune_export(m.model_name_or_path, [d.train_file, d.validation_file], out,
+                                text_columns=(d.text_column, d.summary_column), keep_top=m.prune_keep_top,
+                                min_count=m.prune_min_count, overwrite=True)
+        except (PruneError, DataError) as err:
+            raise ArgumentError(f"--prune_vocabulary: {err}") from err
+        logger.info("--prune_vocabulary: kept %s of %s pieces (%s -> %s parameters) -> %s", f"{info.kept_pieces:,}",
+                    f"{info.original_pieces:,}", f"{info.parameters_before:,}", f"{info.parameters_after:,}", out)
+    accelerator.wait_for_everyone()
 
 
 def get_tokenizer_for_run(args: Args, train_records: list[dict], accelerator: Accelerator):
@@ -85,7 +119,7 @@ def get_tokenizer_for_run(args: Args, train_records: list[dict], accelerator: Ac
     if m.tokenizer_name:
         return get_tokenizer(m.tokenizer_name)
     if not m.config_name:
-        return get_tokenizer(m.model_name_or_path)
+        return get_tokenizer(pretrained_source(args))
     tok_dir = Path(args.train.output_dir) / "tokenizer"
     reuse = args.train.resume_from_checkpoint and (tok_dir / "spiece.model").exists()
     if accelerator.is_main_process and not reuse:
@@ -112,7 +146,7 @@ def get_model_for_run(args: Args, tokenizer) -> torch.nn.Module:
     elif m.config_name:
         model = get_model(config_name=m.config_name, vocab_size=round_up(len(tokenizer)))
     else:
-        model = get_model(m.model_name_or_path)
+        model = get_model(pretrained_source(args))
     rows = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:
         raise ArgumentError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary only {rows}: "
@@ -750,6 +784,8 @@ def build_trainer(args: Args, factories: Factories | None = None) -> Trainer:
         prepare_output_dir(args)
     accelerator.wait_for_everyone()
     train_records, eval_records = load_records(args)
+    if args.model.prune_vocabulary:
+        prune_vocabulary(args, accelerator)
     tokenizer = factories.tokenizer(args, train_records, accelerator)
     model = factories.model(args, tokenizer)
     dataset = tokenize_pairs(train_records, tokenizer, text_column=d.text_column, summary_column=d.summary_column,

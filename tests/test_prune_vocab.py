@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import prune_vocab as pv
-from conftest import build_tiny_model, read_records
+from conftest import build_tiny_model, read_records, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -124,11 +124,6 @@ def pruned_models(full_models, tokenizer, corpus_texts, proto):
     """``{kind: (pruned model, pruned tokenizer, info)}``, pruned in memory from copies of the full models."""
     return {kind: pv.prune_model_and_tokenizer(copy.deepcopy(model), tokenizer, corpus_texts, sp_model=proto)
             for kind, model in full_models.items()}
-
-
-def write_jsonl(path: Path, records) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -663,3 +658,36 @@ def test_dry_run_writes_nothing_and_reports(source_export, corpus_file, pruned_e
     projected = pv.projected_parameters(record["parameters_before"], VOCAB_PIECES + 104, rows, 64, tied=False)
     assert f"parameters: {record['parameters_before']:,} -> {projected:,}" in stdout
     assert "dry run: nothing written" in stdout
+
+
+def test_training_with_prune_vocabulary(source_export, corpus_records, tmp_path, caplog):
+    """--prune_vocabulary prunes the pretrained model to the training and validation texts before the first
+    step, trains and exports the pruned model, and a resumed run reuses the pruned copy."""
+    import logging
+
+    import train_decoder
+    from conftest import reset_accelerate_state
+
+    train = write_jsonl(tmp_path / "train.jsonl", corpus_records[:24])
+    val = write_jsonl(tmp_path / "val.jsonl", corpus_records[24:32])
+    out = tmp_path / "run"
+    argv = ["--model_name_or_path", str(source_export), "--prune_vocabulary", "true", "--train_file", str(train),
+            "--validation_file", str(val), "--output_dir", str(out), "--segmenter", "char", "--max_train_steps", "4",
+            "--per_device_train_batch_size", "4", "--optimizer", "adamw", "--learning_rate", "1e-3",
+            "--max_source_length", "64", "--max_target_length", "16", "--eval_max_new_tokens", "4",
+            "--eval_every_epoch", "false", "--save_steps", "2", "--logging_steps", "1"]
+    with caplog.at_level(logging.INFO):
+        assert train_decoder.main(argv, stop_after_steps=2) == 0
+    info = json.loads((out / "pruned_model" / "prune_info.json").read_text(encoding="utf-8"))
+    assert info["kept_rows"] < info["original_rows"] and info["num_texts"] == 2 * 32
+    assert f"--prune_vocabulary: kept {info['kept_pieces']:,} of {info['original_pieces']:,} pieces" in caplog.text
+    pruned_at = (out / "pruned_model" / "model.safetensors").stat().st_mtime_ns
+    reset_accelerate_state()
+    assert train_decoder.main(argv + ["--resume_from_checkpoint", "latest"]) == 0
+    assert (out / "pruned_model" / "model.safetensors").stat().st_mtime_ns == pruned_at  # reused, not redone
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    best = AutoModelForSeq2SeqLM.from_pretrained(out / "best")
+    assert best.config.vocab_size == best.lm_head.weight.shape[0] == info["kept_rows"]
+    assert not pv.lm_head_is_tied(best)  # mT5's untied head stays untied (its config always says tied)
+    assert len(AutoTokenizer.from_pretrained(out / "best")) == info["kept_vocab"]
