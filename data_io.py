@@ -33,6 +33,7 @@ def read_jsonl(
     summary_column: str = "title",
     require_summary: bool = True,
     allow_empty_text: bool = False,
+    require_id: bool = True,
 ) -> list[dict[str, Any]]:
     """Read a JSON-lines file (``.jsonl``, or ``.json`` holding one object per line), UTF-8.
 
@@ -44,6 +45,8 @@ def read_jsonl(
         require_summary: training/evaluation data need a string ``summary_column``; prediction input
             does not (when present it must still be a string).
         allow_empty_text: prediction input may have an empty ``text_column``; training data may not.
+        require_id: records need a unique string or integer ``id`` (the course's files); False for logs
+            such as ``metrics.jsonl`` (ids are then not checked).
 
     Returns:
         The records in file order (blank lines skipped). ``id`` values are kept as they are in the
@@ -78,21 +81,26 @@ def read_jsonl(
             raise DataError(path, f"malformed JSON at column {err.colno}: {err.msg}", lineno) from err
         if not isinstance(record, dict):
             raise DataError(path, f"expected a JSON object, got {type(record).__name__}", lineno)
-        if "id" not in record:
-            raise DataError(path, "missing field 'id'", lineno)
-        rid = record["id"]
-        if not isinstance(rid, (str, int)) or isinstance(rid, bool):
-            raise DataError(path, f"field 'id' must be a string or integer, got {type(rid).__name__}", lineno)
-        if isinstance(rid, str):
-            _check_encodable(rid, "id", path, lineno)
-        if rid in seen_ids:
-            raise DataError(path, f"duplicate id {rid!r} (first seen on line {seen_ids[rid]})", lineno)
-        seen_ids[rid] = lineno
+        if require_id:
+            _check_id(record, seen_ids, path, lineno)
         if text_column is not None:
             _check_string_field(record, text_column, path, lineno, required=True, allow_empty=allow_empty_text)
         _check_string_field(record, summary_column, path, lineno, required=require_summary, allow_empty=True)
         records.append(record)
     return records
+
+
+def _check_id(record: dict, seen_ids: dict[Any, int], path: Path, lineno: int) -> None:
+    if "id" not in record:
+        raise DataError(path, "missing field 'id'", lineno)
+    rid = record["id"]
+    if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+        raise DataError(path, f"field 'id' must be a string or integer, got {type(rid).__name__}", lineno)
+    if isinstance(rid, str):
+        _check_encodable(rid, "id", path, lineno)
+    if rid in seen_ids:
+        raise DataError(path, f"duplicate id {rid!r} (first seen on line {seen_ids[rid]})", lineno)
+    seen_ids[rid] = lineno
 
 
 def _check_string_field(record: dict, field: str, path: Path, lineno: int, *, required: bool, allow_empty: bool):

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 
-from data_io import atomic_open
+from data_io import atomic_open, read_jsonl
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """The records of a ``metrics.jsonl`` file; for a step logged twice (a resumed run) the last wins."""
     rows: dict[tuple, dict] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                rows[(row.get("step"), tuple(sorted(k for k in row if "/" in k)))] = row
+    for row in read_jsonl(path, text_column=None, require_summary=False, require_id=False):
+        rows[(row.get("step"), tuple(sorted(k for k in row if "/" in k)))] = row
     return sorted(rows.values(), key=lambda r: r.get("step", 0))
 
 

@@ -1,7 +1,7 @@
 """Training throughput: our ``train_decoder.py`` loop against ``transformers.Seq2SeqTrainer``.
 
-    PYTHONPATH=. python bench/bench_train.py [--data-dir ../shared/data] [--shapes mt5-small tiny]
-                                             [--repeats R] [--threads T] [--json OUT] [--work-dir DIR]
+    python -m bench.bench_train [--data_dir ../shared/data] [--shapes mt5-small tiny] [--repeats R]
+                                [--threads T] [--json OUT] [--work_dir DIR]
 
 Contenders (same model weights, tokenizer, data, batch size, seed, optimizer and schedule):
 - ``ours``: ``train_decoder.main`` (dynamic padding, batches grouped by length);
@@ -13,9 +13,10 @@ Contenders (same model weights, tokenizer, data, batch size, seed, optimizer and
 Method:
 - Shapes: the published ``google/mt5-small`` config (untied ``lm_head``, 300M parameters) and the tiny
   preset (``configs/tiny-mt5.json``), random weights built once, saved with ``save_pretrained`` together
-  with a sentencepiece tokenizer trained on the benchmark texts, and loaded by every contender (so init
-  time is excluded and the weights are identical). ``torch.set_flush_denormal(True)`` in every contender.
-- Data: long Sogou news articles mixed with CSL abstracts (``--long-fraction`` of them long),
+  with a sentencepiece tokenizer trained on the benchmark texts (``harness.random_mt5_export``), and
+  loaded by every contender (so init time is excluded and the weights are identical).
+  ``torch.set_flush_denormal(True)`` in every contender.
+- Data: long Sogou news articles mixed with CSL abstracts (``--long_fraction`` of them long),
   ``max_source_length`` 512, ``max_target_length`` 64. The pool holds ``4 x steps x batch`` pairs, which
   makes the length grouping (``get_length_grouped_indices``, shared by both grouped contenders) sort
   mega-batches of ``steps`` batches, as in a real run; the measured window covers one mega-batch's worth
@@ -24,33 +25,30 @@ Method:
 - Timing: steady state, from the end of warm-up optimizer step ``W`` to the end of step ``W + N``: for
   ours from ``metrics.jsonl`` ``elapsed_s`` (``--logging_steps 1``), for the Trainer from a
   ``TrainerCallback`` (``time.perf_counter()`` at ``on_step_end``). Non-padding source tokens are counted
-  on the batches as collated. No evaluation, no checkpoints (ours stops through
-  ``main(..., stop_after_steps=W + N)``, which skips the final evaluation and export).
-- Every run is a fresh subprocess (peak RSS = its ``ru_maxrss``); runs are interleaved in rounds (3 by
-  default), the order rotating each round (ours, (2), (3); then (2), (3), ours; then (3), ours, (2)) so
-  that no contender always follows the same one; each round draws its own pool (seed + round), the same
-  for all contenders. Figures are medians over rounds; the ratios are medians of per-round ratios.
+  on the batches as collated (ours: through ``train_decoder.Factories(collator=...)``). No evaluation, no
+  checkpoints (ours stops through ``main(..., stop_after_steps=W + N)``, which skips the final evaluation
+  and export).
+- Every run is a fresh subprocess (``harness.run_child``; peak RSS = its ``ru_maxrss``); runs are
+  interleaved in rounds (3 by default), the order rotating each round (ours, (2), (3); then (2), (3),
+  ours; then (3), ours, (2)) so that no contender always follows the same one; each round draws its own
+  pool (seed + round), the same for all contenders. Figures are medians over rounds; the ratios are
+  medians of per-round ratios.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
-import resource
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from bench import harness
+
 CONTENDERS = ("ours", "hf_max_length", "hf_grouped")
 LABELS = {
     "ours": "ours (train_decoder.py: dynamic padding + grouped by length)",
@@ -69,80 +67,61 @@ NOISE = 0.03  # a ratio this close below its target is reported as "within noise
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data",
-                        help="folder with sogou_news_smarty.jsonl and csl_abstract_title.jsonl")
+    harness.add_common_arguments(parser, data_help="folder with sogou_news_smarty.jsonl and csl_abstract_title.jsonl",
+                                 child_timeout=1200)
     parser.add_argument("--shapes", nargs="+", choices=SHAPES, default=list(SHAPES), help="model shapes to run")
     parser.add_argument("--contenders", nargs="+", choices=CONTENDERS, default=list(CONTENDERS))
     parser.add_argument("--repeats", type=int, default=None,
                         help="interleaved rounds of every shape (median over rounds); default: per shape, below")
     for shape, values in DEFAULTS.items():
-        prefix = shape.replace("-", "_")
-        parser.add_argument(f"--{shape}-batch-size", dest=f"{prefix}_batch_size", type=int,
-                            default=values["batch_size"], help=f"per-device batch ({shape})")
-        parser.add_argument(f"--{shape}-steps", dest=f"{prefix}_steps", type=int, default=values["steps"],
+        p = shape_prefix(shape)
+        parser.add_argument(f"--{p}_batch_size", type=int, default=values["batch_size"],
+                            help=f"per-device batch ({shape})")
+        parser.add_argument(f"--{p}_steps", type=int, default=values["steps"],
                             help=f"measured optimizer steps N ({shape})")
-        parser.add_argument(f"--{shape}-warmup-steps", dest=f"{prefix}_warmup_steps", type=int,
-                            default=values["warmup_steps"], help=f"warm-up optimizer steps W, not timed ({shape})")
-        parser.add_argument(f"--{shape}-repeats", dest=f"{prefix}_repeats", type=int, default=values["repeats"],
-                            help=f"interleaved rounds ({shape})")
-    parser.add_argument("--max-source-length", type=int, default=512)
-    parser.add_argument("--max-target-length", type=int, default=64)
-    parser.add_argument("--long-fraction", type=float, default=0.25,
+        parser.add_argument(f"--{p}_warmup_steps", type=int, default=values["warmup_steps"],
+                            help=f"warm-up optimizer steps W, not timed ({shape})")
+        parser.add_argument(f"--{p}_repeats", type=int, default=values["repeats"], help=f"interleaved rounds ({shape})")
+    parser.add_argument("--max_source_length", type=int, default=512)
+    parser.add_argument("--max_target_length", type=int, default=64)
+    parser.add_argument("--long_fraction", type=float, default=0.25,
                         help="fraction of long Sogou articles in the pool, the rest CSL abstracts (default 0.25)")
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--vocab-size", type=int, default=16000, help="sentencepiece pieces of the tokenizer")
+    parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--vocab_size", type=int, default=16000, help="sentencepiece pieces of the tokenizer")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
-    parser.add_argument("--work-dir", type=Path, default=None,
-                        help="where models, data and run logs go (default: a temporary dir, removed at the end)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch/OpenMP threads in every run (default: torch's default, one per core)")
-    parser.add_argument("--child-timeout", type=float, default=1200, help="seconds before a run is killed")
-    parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)  # internal: run one contender
     args = parser.parse_args(argv)
-    if args.child is None:
-        for shape in args.shapes:
-            p = shape.replace("-", "_")
-            if args.repeats is not None:
-                setattr(args, f"{p}_repeats", args.repeats)
-            if min(getattr(args, f"{p}_{k}") for k in ("batch_size", "steps", "repeats")) <= 0:
-                parser.error(f"--{shape}-batch-size, --{shape}-steps and the repeats must be positive")
-            if getattr(args, f"{p}_warmup_steps") < 1:
-                parser.error(f"--{shape}-warmup-steps must be >= 1 (the first step allocates the optimizer state)")
-        if args.threads is not None and args.threads <= 0:
-            parser.error("--threads must be positive")
-        if not 0 < args.long_fraction < 1:
-            parser.error("--long-fraction must be in (0, 1)")
+    harness.check_common_arguments(parser, args)
+    for shape in args.shapes:
+        p = shape_prefix(shape)
+        if args.repeats is not None:
+            setattr(args, f"{p}_repeats", args.repeats)
+        if min(getattr(args, f"{p}_{k}") for k in ("batch_size", "steps", "repeats")) <= 0:
+            parser.error(f"--{p}_batch_size, --{p}_steps and the repeats must be positive")
+        if getattr(args, f"{p}_warmup_steps") < 1:
+            parser.error(f"--{p}_warmup_steps must be >= 1 (the first step allocates the optimizer state)")
+    if not 0 < args.long_fraction < 1:
+        parser.error("--long_fraction must be in (0, 1)")
     return args
 
 
+def shape_prefix(shape: str) -> str:
+    return shape.replace("-", "_")
+
+
 def shape_settings(args: argparse.Namespace, shape: str) -> dict[str, int]:
-    p = shape.replace("-", "_")
-    return {key: getattr(args, f"{p}_{key}") for key in DEFAULTS[shape]}
+    return {key: getattr(args, f"{shape_prefix(shape)}_{key}") for key in DEFAULTS[shape]}
+
+
+def shape_config(shape: str) -> dict[str, Any]:
+    """MT5Config fields of a shape (the tiny preset's vocab_size comes from the tokenizer)."""
+    from modeling import MT5_SMALL_CONFIG, read_config_json
+
+    return dict(MT5_SMALL_CONFIG) if shape == "mt5-small" else read_config_json(
+        str(harness.REPO / "configs" / "tiny-mt5.json"))
 
 
 # ----------------------------------------------------------------------------------------------------
-# shared inputs: data pools, tokenizer, models (built once, in the parent)
-
-
-def load_sources(data_dir: Path) -> tuple[list[dict], list[dict]]:
-    """``(long, short)`` records: Sogou news articles and CSL abstracts.
-
-    Raises:
-        SystemExit: a data file is missing or malformed.
-    """
-    from data_io import DataError, read_jsonl
-
-    found = []
-    for name in ("sogou_news_smarty.jsonl", "csl_abstract_title.jsonl"):
-        path = data_dir / name
-        if not path.is_file():
-            raise SystemExit(f"error: {path} not found; pass --data-dir pointing at the shared data folder")
-        try:
-            found.append(read_jsonl(path))
-        except DataError as err:
-            raise SystemExit(f"error: {err}") from err
-    return found[0], found[1]
+# data pools
 
 
 def draw_pool(long: list[dict], short: list[dict], size: int, long_fraction: float, seed: int) -> list[dict]:
@@ -156,96 +135,15 @@ def draw_pool(long: list[dict], short: list[dict], size: int, long_fraction: flo
     if n_long > len(long) or size - n_long > len(short):
         raise SystemExit(f"error: a pool of {size} pairs needs {n_long} long articles (have {len(long)}) and "
                          f"{size - n_long} abstracts (have {len(short)}): lower the steps, batch size or "
-                         "--long-fraction")
+                         "--long_fraction")
     rng = random.Random(seed)
     pool = rng.sample(long, n_long) + rng.sample(short, size - n_long)
     rng.shuffle(pool)
     return [{"id": r["id"], "maintext": r["maintext"], "title": r["title"]} for r in pool]
 
 
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    from data_io import write_jsonl_atomic
-
-    write_jsonl_atomic(path, records)
-
-
-def build_models(work_dir: Path, texts: list[str], shapes: list[str], vocab_size: int, seed: int) -> dict[str, dict]:
-    """Train the tokenizer on ``texts`` and save one random model per shape (with the tokenizer) to
-    ``work_dir/model-SHAPE``. Returns ``{shape: {"dir", "parameters", "config"}}``.
-
-    A model already in ``work_dir`` (a kept ``--work-dir``) is reused when it was built from the same
-    texts, vocabulary size and seed (recorded in ``work_dir/model-SHAPE/bench_build.json``).
-    """
-    import gc
-    import hashlib
-
-    import torch
-
-    from data_io import atomic_write_text
-    from modeling import (MT5_SMALL_CONFIG, build_model_from_config, count_parameters, get_tokenizer,
-                          lm_head_is_tied, read_config_json, round_up, train_sentencepiece_tokenizer)
-
-    recipe = {"texts_sha1": hashlib.sha1("\n".join(texts).encode("utf-8")).hexdigest(), "vocab_size": vocab_size,
-              "seed": seed}
-
-    def cached(directory: Path) -> dict | None:
-        try:
-            info = json.loads((directory / "bench_build.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        return info if info.get("recipe") == recipe else None
-
-    tok_dir = work_dir / "tokenizer"
-    if cached(tok_dir):
-        tokenizer = get_tokenizer(str(tok_dir))
-        print(f"  tokenizer: {len(tokenizer):,} tokens, reused from {tok_dir}", flush=True)
-    else:
-        t0 = time.perf_counter()
-        tokenizer = train_sentencepiece_tokenizer(texts, tok_dir, vocab_size=vocab_size)
-        atomic_write_text(tok_dir / "bench_build.json", json.dumps({"recipe": recipe}))
-        print(f"  tokenizer: {len(tokenizer):,} tokens, trained on {len(texts):,} texts in "
-              f"{time.perf_counter() - t0:.0f} s", flush=True)
-    built = {}
-    for shape in shapes:
-        out = work_dir / f"model-{shape}"
-        info = cached(out)
-        if info:
-            built[shape] = info["model"]
-            print(f"  {shape}: reused from {out}", flush=True)
-            continue
-        t0 = time.perf_counter()
-        if shape == "mt5-small":
-            fields = dict(MT5_SMALL_CONFIG)
-        else:
-            fields = read_config_json(str(REPO / "configs" / "tiny-mt5.json"), vocab_size=round_up(len(tokenizer)))
-        torch.manual_seed(seed)
-        model = build_model_from_config(fields)
-        if lm_head_is_tied(model):
-            raise SystemExit(f"error: the {shape} model has a tied lm_head; the benchmark needs the published shape")
-        model.save_pretrained(str(out))
-        tokenizer.save_pretrained(str(out))
-        total, _ = count_parameters(model)
-        built[shape] = {"dir": str(out), "parameters": total,
-                        "config": {k: fields[k] for k in ("vocab_size", "d_model", "d_ff", "num_layers",
-                                                          "num_decoder_layers", "num_heads")}}
-        atomic_write_text(out / "bench_build.json", json.dumps({"recipe": recipe, "model": built[shape]}))
-        print(f"  {shape}: {total / 1e6:.1f}M parameters, built and saved in {time.perf_counter() - t0:.0f} s",
-              flush=True)
-        del model
-        gc.collect()
-    if hasattr(os, "sync"):  # flush the saved weights now, not during the first timed run
-        os.sync()
-    return built
-
-
 # ----------------------------------------------------------------------------------------------------
-# one contender, in its own process
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MiB (Linux reports ``ru_maxrss`` in KiB, macOS in bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+# the contenders, each in its own process (harness.run_child -> run_contender)
 
 
 def batch_record(batch) -> dict[str, int]:
@@ -267,20 +165,33 @@ class RecordingCollator:
         return batch
 
 
-def run_ours(spec: dict) -> dict:
-    """Train with ``train_decoder.main`` and read the step times back from ``metrics.jsonl``."""
-    import seq2seq_data
+def recording_factories(log: list[dict]):
+    """``train_decoder.Factories`` whose collator is our usual one wrapped in a :class:`RecordingCollator`."""
     import train_decoder
 
+    def collator(args, tokenizer):
+        return RecordingCollator(train_decoder.get_collator(args, tokenizer), log)
+
+    return train_decoder.Factories(collator=collator)
+
+
+def run_contender(spec: dict) -> dict:
+    """Child entry: train one contender as ``spec`` says; returns its step end times and batches."""
+    torch_threads = harness.setup_torch(spec["threads"])
+    started = time.perf_counter()
+    if spec["contender"] == "ours":
+        raw = run_ours(spec)
+    else:
+        raw = run_trainer(spec, grouped=spec["contender"] == "hf_grouped")
+    return {**raw, "process_s": time.perf_counter() - started, "torch_threads": torch_threads}
+
+
+def run_ours(spec: dict) -> dict:
+    """Train with ``train_decoder.main`` and read the step times back from ``metrics.jsonl``."""
+    import train_decoder
+    from data_io import read_jsonl
+
     batches: list[dict] = []
-    original_call = seq2seq_data.IndexedSeq2SeqCollator.__call__
-
-    def recording_call(self, features):
-        batch = original_call(self, features)
-        batches.append(batch_record(batch))
-        return batch
-
-    seq2seq_data.IndexedSeq2SeqCollator.__call__ = recording_call
     total_steps = spec["warmup_steps"] + spec["steps"]
     out = Path(spec["output_dir"])
     argv = [
@@ -296,11 +207,11 @@ def run_ours(spec: dict) -> dict:
         "--mixed_precision", "no", "--dataloader_num_workers", "0",
     ]
     # stop_after_steps = the last step: train() then skips the final evaluation and best/ export
-    code = train_decoder.main(argv, stop_after_steps=total_steps)
+    code = train_decoder.main(argv, stop_after_steps=total_steps, factories=recording_factories(batches))
     if code != 0:
         raise SystemExit(f"train_decoder.main exited with {code}")
-    with open(out / "metrics.jsonl", encoding="utf-8") as f:
-        rows = [r for r in map(json.loads, f) if "train/loss" in r]
+    rows = [r for r in read_jsonl(out / "metrics.jsonl", text_column=None, require_summary=False, require_id=False)
+            if "train/loss" in r]
     if [r["step"] for r in rows] != list(range(1, total_steps + 1)):
         raise SystemExit(f"metrics.jsonl has steps {[r['step'] for r in rows]}, expected 1..{total_steps}")
     # tokens per step as our loop counted them (rate x window), to check the batch log lines up
@@ -315,8 +226,13 @@ def run_trainer(spec: dict, grouped: bool) -> dict:
     ``group_by_length`` (``grouped=True``)."""
     import datasets
     import torch
-    from transformers import (AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq, Seq2SeqTrainer,
-                              Seq2SeqTrainingArguments, TrainerCallback)
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        DataCollatorForSeq2Seq,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+        TrainerCallback,
+    )
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     from data_io import read_jsonl
@@ -372,27 +288,6 @@ def run_trainer(spec: dict, grouped: bool) -> dict:
             "parameters": count_parameters(trained)[0], "lm_head_tied": lm_head_is_tied(trained)}
 
 
-def child_main(spec_path: Path) -> int:
-    """Run one contender as described by the JSON spec and write its raw figures to ``spec["result"]``."""
-    import torch
-
-    from data_io import atomic_write_text
-
-    spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    torch.set_flush_denormal(True)  # random weights: subnormal floats in backward are 20x slower otherwise
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
-    started = time.perf_counter()
-    if spec["contender"] == "ours":
-        raw = run_ours(spec)
-    else:
-        raw = run_trainer(spec, grouped=spec["contender"] == "hf_grouped")
-    raw.update(peak_rss_mb=peak_rss_mb(), process_s=time.perf_counter() - started,
-               torch_threads=torch.get_num_threads())
-    atomic_write_text(spec["result"], json.dumps(raw) + "\n")
-    return 0
-
-
 # ----------------------------------------------------------------------------------------------------
 # parent: run the contenders, summarise
 
@@ -427,38 +322,20 @@ def summarise_run(raw: dict, warmup_steps: int, steps: int) -> dict[str, Any]:
     }
 
 
-def run_child(spec: dict, work_dir: Path, timeout: float) -> dict:
-    """Run one contender in a fresh interpreter; its output goes to ``work_dir/NAME.log``.
+def check_raw(name: str, contender: str, raw: dict) -> None:
+    """The checks every run must pass before its figures count.
 
     Raises:
-        RuntimeError: the run failed or timed out (with the tail of its log).
+        RuntimeError: a Trainer contender loaded a tied ``lm_head`` (not the published shape), or our
+            loop's own per-step token count differs from the batches the recording collator saw.
     """
-    name = spec["name"]
-    shutil.rmtree(spec["output_dir"], ignore_errors=True)  # a kept --work-dir: start from nothing
-    Path(spec["result"]).unlink(missing_ok=True)
-    spec_path = work_dir / f"{name}.spec.json"
-    spec_path.write_text(json.dumps(spec), encoding="utf-8")
-    log_path = work_dir / f"{name}.log"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"}
-    if spec.get("threads"):
-        env.update(OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
-    with open(log_path, "w", encoding="utf-8") as log:
-        try:
-            proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)],
-                                  stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(work_dir), timeout=timeout)
-            code = proc.returncode
-        except subprocess.TimeoutExpired:
-            code = None
-    if code != 0 or not Path(spec["result"]).is_file():
-        tail = "".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines(True)[-25:])
-        what = f"timed out after {timeout:.0f} s" if code is None else f"exited with {code}"
-        raise RuntimeError(f"{name} {what}; last lines of {log_path}:\n{tail}")
-    return json.loads(Path(spec["result"]).read_text(encoding="utf-8"))
-
-
-def median_of(runs: list[dict], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
+    if contender != "ours" and raw.get("lm_head_tied"):
+        raise RuntimeError(f"{name}: the loaded model has a tied lm_head (not the published shape)")
+    if contender == "ours":
+        for step, (logged, batch) in enumerate(zip(raw["logged_source_tokens"], raw["batches"]), 1):
+            if abs(logged - batch["source_tokens"]) > 0.01 * batch["source_tokens"] + 1:
+                raise RuntimeError(f"{name}: step {step} logged {logged:.0f} source tokens, "
+                                   f"the collated batch had {batch['source_tokens']}")
 
 
 def paired_ratios(runs: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
@@ -477,38 +354,33 @@ def paired_ratios(runs: dict[str, list[dict]]) -> dict[str, dict[str, Any]]:
     return ratios
 
 
-def bench_shape(args: argparse.Namespace, shape: str, model: dict, long: list[dict], short: list[dict],
-                work_dir: Path) -> dict[str, Any]:
-    """All rounds of one shape: ``{"settings", "runs", "summary", "ratios", "identical_batches"}``."""
+def bench_shape(args: argparse.Namespace, shape: str, export: harness.RandomExport, long: list[dict],
+                short: list[dict], work_dir: Path) -> dict[str, Any]:
+    """All rounds of one shape: ``{"settings", "model", "runs", "summary", "ratios", "identical_batches"}``."""
+    from data_io import write_jsonl_atomic
+
     settings = shape_settings(args, shape)
     bs, steps, warmup, repeats = (settings[k] for k in ("batch_size", "steps", "warmup_steps", "repeats"))
     pool_size = 4 * steps * bs  # mega-batches of `steps` batches (get_length_grouped_indices: len // (4 bs))
     runs: dict[str, list[dict]] = {c: [] for c in args.contenders}
     identical: list[bool] = []
+    env = {**harness.QUIET_ENV, **harness.thread_env(args.threads)}
     for round_index in range(repeats):
         seed = args.seed + round_index
         train_file = work_dir / f"{shape}-pool-{round_index}.jsonl"
-        write_jsonl(train_file, draw_pool(long, short, pool_size, args.long_fraction, seed))
+        write_jsonl_atomic(train_file, draw_pool(long, short, pool_size, args.long_fraction, seed))
         raws = {}
-        # rotate the order every round: on a shared machine the run right after another one was seen to
-        # be systematically faster or slower (memory reclaim, other jobs), so no contender keeps one slot
-        shift = round_index % len(args.contenders)
-        for contender in args.contenders[shift:] + args.contenders[:shift]:
+        for contender in harness.rotation(args.contenders, round_index):
             name = f"{shape}-{contender}-{round_index}"
-            spec = {"name": name, "contender": contender, "model_dir": model["dir"], "train_file": str(train_file),
-                    "output_dir": str(work_dir / name), "result": str(work_dir / f"{name}.result.json"),
-                    "max_source_length": args.max_source_length, "max_target_length": args.max_target_length,
-                    "learning_rate": args.learning_rate, "seed": seed, "threads": args.threads,
-                    "batch_size": bs, "steps": steps, "warmup_steps": warmup}
+            spec = {"contender": contender, "model_dir": str(export.dir), "train_file": str(train_file),
+                    "output_dir": str(work_dir / name), "max_source_length": args.max_source_length,
+                    "max_target_length": args.max_target_length, "learning_rate": args.learning_rate, "seed": seed,
+                    "threads": args.threads, "batch_size": bs, "steps": steps, "warmup_steps": warmup}
+            shutil.rmtree(spec["output_dir"], ignore_errors=True)  # a kept --work_dir: start from nothing
             t0 = time.perf_counter()
-            raw = run_child(spec, work_dir, args.child_timeout)
-            if contender != "ours" and raw.get("lm_head_tied"):
-                raise RuntimeError(f"{name}: the loaded model has a tied lm_head (not the published shape)")
-            if contender == "ours":  # our loop's own token count must match the batches we logged
-                for step, (logged, batch) in enumerate(zip(raw["logged_source_tokens"], raw["batches"]), 1):
-                    if abs(logged - batch["source_tokens"]) > 0.01 * batch["source_tokens"] + 1:
-                        raise RuntimeError(f"{name}: step {step} logged {logged:.0f} source tokens, "
-                                           f"the collated batch had {batch['source_tokens']}")
+            raw = harness.run_child("bench.bench_train:run_contender", spec, work_dir, name,
+                                    timeout=args.child_timeout, env=env)
+            check_raw(name, contender, raw)
             summary = summarise_run(raw, warmup, steps)
             raws[contender] = raw
             runs[contender].append({"round": round_index, "seed": seed, **summary})
@@ -519,28 +391,20 @@ def bench_shape(args: argparse.Namespace, shape: str, model: dict, long: list[di
         if "ours" in raws and "hf_grouped" in raws:
             n = warmup + steps
             identical.append(raws["ours"]["batches"][:n] == raws["hf_grouped"]["batches"][:n])
-    summary = {c: {key: median_of(rs, key) for key in
+    summary = {c: {key: statistics.median(r[key] for r in rs) for key in
                    ("samples_per_s", "source_tokens_per_s", "s_per_step", "peak_rss_mb", "source_padding_efficiency",
                     "mean_padded_source_len", "mean_padded_target_len")} for c, rs in runs.items()}
-    ratios = paired_ratios(runs)
     return {"settings": {**settings, "pool_size": pool_size, "long_fraction": args.long_fraction},
-            "model": {"parameters": model["parameters"], "config": model["config"]},
-            "runs": runs, "summary": summary, "ratios": ratios, "identical_batches": identical}
+            "model": {"parameters": export.parameters, "config": export.config},
+            "runs": runs, "summary": summary, "ratios": paired_ratios(runs), "identical_batches": identical}
 
 
-def environment() -> dict[str, Any]:
-    import torch
-    import transformers
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-            "load_average_1min": os.getloadavg()[0]}  # other jobs on the machine skew timings
+def verdict(ratio: dict[str, Any]) -> str:
+    if ratio["met"]:
+        return "met"
+    if ratio["samples_per_s"] >= ratio["target"] - NOISE:
+        return f"not met, but within {NOISE:.0%} (measurement noise)"
+    return "MISSED"
 
 
 def markdown_table(results: dict) -> str:
@@ -569,35 +433,32 @@ def markdown_table(results: dict) -> str:
         lines.append("")
         for name, ratio in r["ratios"].items():
             other = name.split("/")[1]
-            if ratio["met"]:
-                verdict = "met"
-            elif ratio["samples_per_s"] >= ratio["target"] - NOISE:
-                verdict = f"not met, but within {NOISE:.0%} (measurement noise)"
-            else:
-                verdict = "MISSED"
             rounds = ", ".join(f"{x:.2f}" for x in ratio["per_round"])
             lines.append(f"- ours / {LABELS[other].split(' ')[0]}: x{ratio['samples_per_s']:.2f} samples/s "
                          f"(rounds: {rounds}), x{ratio['source_tokens_per_s']:.2f} source tokens/s; target "
-                         f">= x{ratio['target']:.1f}: {verdict}")
+                         f">= x{ratio['target']:.1f}: {verdict(ratio)}")
         if r["identical_batches"]:
             same = all(r["identical_batches"])
             lines.append(f"- ours and (3) trained on identical batches: {'yes' if same else 'NO'}")
     threads = sorted({run["torch_threads"] for r in results["shapes"].values()
                       for shape_runs in r["runs"].values() for run in shape_runs})
     lines += ["", f"torch threads per run: {', '.join(map(str, threads))}; 1-minute load average at the end: "
-                  f"{results['environment']['load_average_1min']:.2f} on {results['environment']['cpu_count']} CPUs"]
+                  f"{results['machine']['load_average'][0]:.2f} on {results['machine']['cpu_count']} CPUs"]
     return "\n".join(lines)
 
 
 def bench(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
-    long, short = load_sources(args.data_dir)
+    long = harness.read_data(args.data_dir, "sogou_news_smarty.jsonl")
+    short = harness.read_data(args.data_dir, "csl_abstract_title.jsonl")
     print("building the shared tokenizer and models", flush=True)
     texts = [r["maintext"] for r in long + short] + [r["title"] for r in long + short]
-    models = build_models(work_dir, texts, args.shapes, args.vocab_size, args.seed)
+    exports = {shape: harness.random_mt5_export(work_dir, texts, shape_config(shape), args.vocab_size, args.seed,
+                                                name=f"model-{shape}", timeout=args.child_timeout)
+               for shape in args.shapes}
     shapes = {}
     for shape in args.shapes:
         print(f"{shape}: {', '.join(args.contenders)} x {shape_settings(args, shape)['repeats']} rounds", flush=True)
-        shapes[shape] = bench_shape(args, shape, models[shape], long, short, work_dir)
+        shapes[shape] = bench_shape(args, shape, exports[shape], long, short, work_dir)
     settings = {k: getattr(args, k) for k in ("max_source_length", "max_target_length", "learning_rate",
                                                 "long_fraction", "seed", "vocab_size", "threads")}
     return {"benchmark": "train", "settings": settings, "shapes": shapes}
@@ -605,34 +466,18 @@ def bench(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if str(REPO) not in sys.path:  # run as a script from anywhere: import the repo's modules
-        sys.path.insert(0, str(REPO))
-    if args.child is not None:
-        return child_main(args.child)
-    if args.json and not args.json.parent.is_dir():
-        raise SystemExit(f"error: output directory {args.json.parent} does not exist")
-    # a SIGTERM (run_all's timeout) unwinds normally: the running child is killed, the temp dir removed
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    harness.exit_on_sigterm()
     started = time.perf_counter()
     try:
-        if args.work_dir is not None:
-            args.work_dir.mkdir(parents=True, exist_ok=True)
-            figures = bench(args, args.work_dir)
-        else:
-            with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
-                figures = bench(args, Path(tmp))
-    except RuntimeError as err:
+        with harness.scratch_dir(args.work_dir, "bench_train_") as work_dir:
+            figures = bench(args, work_dir)
+    except RuntimeError as err:  # a failed run (harness.ChildError) or a failed check
         print(f"error: {err}", file=sys.stderr)
         return 1
-    results = {**figures, "environment": environment(), "wall_s": time.perf_counter() - started}
+    results = {**figures, "machine": harness.machine(), "wall_s": time.perf_counter() - started}
     print(markdown_table(results))
     if args.json:
-        from data_io import DataError, atomic_write_text
-
-        try:
-            atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
-        except (OSError, DataError) as err:
-            raise SystemExit(f"error: cannot write {args.json}: {err}") from err
+        harness.write_json(args.json, results)
         print(f"\nwrote {args.json}")
     return 0
 

@@ -1,25 +1,26 @@
 """Run every benchmark and write ``bench/RESULTS.md`` (one command refreshes every figure).
 
-    PYTHONPATH=. python bench/run_all.py [--out bench/RESULTS.md] [--only train rouge inference]
-                                         [--threads N] [--data-dir ../shared/data]
+    python -m bench.run_all [--out bench/RESULTS.md] [--only train rouge inference] [--threads N]
+                            [--data_dir ../shared/data]
     bash bench/run_all.sh [same flags]            # the same, with the project's virtualenv
 
-Each benchmark is its own script in ``bench/`` (run in a subprocess with ``--json``; their progress is
-shown as it happens): ``bench_train.py`` (training throughput), ``bench_rouge.py`` (tw_rouge pairs/s),
-``bench_inference.py`` (seconds per article per backend). ``RESULTS.md`` gets the machine (CPU model,
-cores, torch threads, library versions), the date, the command, the load average before and after, and
-each benchmark's tables (its own ``markdown_table``). A benchmark script that is absent or fails is
-reported as such in ``RESULTS.md``; the others still run. The raw JSON goes to ``--json-dir``.
+Each benchmark is its own module in ``bench/`` (run in a subprocess, ``python -m bench.NAME ... --json``;
+their progress is shown as it happens): ``bench_train`` (training throughput), ``bench_rouge`` (tw_rouge
+pairs/s), ``bench_inference`` (seconds per article per backend). ``RESULTS.md`` gets the machine
+(``harness.machine()``: CPU model, cores, RAM, torch threads, library versions), the date, the command, the
+load average before and after, and each benchmark's tables (its own ``markdown_table``). A benchmark that
+is absent or fails is reported as such in ``RESULTS.md``; the others still run. The raw JSON goes to
+``--json_dir``.
 Exit code: 0 when every benchmark ran, 1 when one failed, 2 on bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import json
 import os
-import platform
 import shlex
 import signal
 import subprocess
@@ -30,52 +31,50 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from bench import harness
+from data_io import DataError, atomic_write_text
+
+REPO = harness.REPO
 BENCH = Path(__file__).resolve().parent
-# name -> (script, title); run in this order
+# name -> (module, title); run in this order
 BENCHMARKS = {
-    "train": ("bench_train.py", "Training throughput"),
-    "rouge": ("bench_rouge.py", "tw_rouge throughput"),
-    "inference": ("bench_inference.py", "Inference: seconds per article per backend"),
+    "train": ("bench.bench_train", "Training throughput"),
+    "rouge": ("bench.bench_rouge", "tw_rouge throughput"),
+    "inference": ("bench.bench_inference", "Inference: seconds per article per backend"),
 }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=BENCH / "RESULTS.md", help="the Markdown report to write")
-    parser.add_argument("--json-dir", type=Path, default=BENCH / "out",
+    parser.add_argument("--json_dir", type=Path, default=BENCH / "out",
                         help="where each benchmark's JSON goes (default bench/out, git-ignored)")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS),
                         help="run only these benchmarks")
-    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data",
+    parser.add_argument("--data_dir", type=Path, default=harness.DEFAULT_DATA_DIR,
                         help="the shared data folder (default: ../shared/data next to the repo)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for the training and inference runs (default: their default, all cores)")
-    parser.add_argument("--train-repeats", type=int, default=None, help="bench_train.py --repeats")
-    parser.add_argument("--inference-articles", type=int, default=16, help="bench_inference.py --num_articles")
+    parser.add_argument("--train_repeats", type=int, default=None, help="bench_train --repeats")
+    parser.add_argument("--inference_articles", type=int, default=16, help="bench_inference --num_articles")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per benchmark")
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads <= 0:
         parser.error("--threads must be positive")
     if args.inference_articles <= 0:
-        parser.error("--inference-articles must be positive")
+        parser.error("--inference_articles must be positive")
     return args
 
 
 def script_flags(name: str, args: argparse.Namespace, json_path: Path) -> list[str]:
-    """Command-line flags for one benchmark script (each script spells its options its own way)."""
-    if name == "train":
-        flags = ["--data-dir", str(args.data_dir), "--json", str(json_path)]
-        if args.threads:
-            flags += ["--threads", str(args.threads)]
-        if args.train_repeats:
-            flags += ["--repeats", str(args.train_repeats)]
-        return flags
-    if name == "rouge":
-        return ["--data-dir", str(args.data_dir), "--json", str(json_path)]
-    flags = ["--data_dir", str(args.data_dir), "--json", str(json_path), "--num_articles", str(args.inference_articles)]
-    if args.threads:
+    """Command-line flags for one benchmark (``--data_dir`` and ``--json`` for all, the rest where it applies)."""
+    flags = ["--data_dir", str(args.data_dir), "--json", str(json_path)]
+    if name in ("train", "inference") and args.threads:
         flags += ["--threads", str(args.threads)]
+    if name == "train" and args.train_repeats:
+        flags += ["--repeats", str(args.train_repeats)]
+    if name == "inference":
+        flags += ["--num_articles", str(args.inference_articles)]
     return flags
 
 
@@ -87,17 +86,26 @@ def relative(argument: str) -> str:
         return argument
 
 
+def module_exists(module: str) -> bool:
+    """Whether ``module`` (``package.name``) can be found, without running it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # its package is missing
+        return False
+
+
 def run_benchmark(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Run one benchmark script, echoing its output. Returns ``{"status", "seconds", "results", "stdout",
+    """Run one benchmark module, echoing its output. Returns ``{"status", "seconds", "results", "stdout",
     "command", "error"}``; ``status`` is ``ok``, ``absent`` or ``failed``."""
-    script = BENCH / BENCHMARKS[name][0]
+    module = BENCHMARKS[name][0]
     json_path = args.json_dir / f"{name}.json"
-    if not script.is_file():
-        print(f"== {name}: {script.relative_to(REPO)} not found, skipped", flush=True)
-        return {"status": "absent", "seconds": 0.0, "error": f"{script.relative_to(REPO)} is not in the repository"}
+    if not module_exists(module):
+        source = module.replace(".", "/") + ".py"
+        print(f"== {name}: {source} not found, skipped", flush=True)
+        return {"status": "absent", "seconds": 0.0, "error": f"{source} is not in the repository"}
     json_path.unlink(missing_ok=True)  # never report a previous run's figures
-    command = [sys.executable, str(script), *script_flags(name, args, json_path)]
-    shown = " ".join(shlex.quote(relative(c)) for c in [f"bench/{script.name}", *command[2:]])
+    command = [sys.executable, "-m", module, *script_flags(name, args, json_path)]
+    shown = " ".join(shlex.quote(relative(c)) for c in ["python", *command[1:]])
     print(f"== {name}: {shown}", flush=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     started = time.perf_counter()
@@ -153,43 +161,10 @@ def run_benchmark(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return record
 
 
-def machine() -> dict[str, Any]:
-    """CPU model, core count, torch threads and the versions that matter for the figures."""
-    from importlib import metadata
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    import torch
-
-    versions = {}
-    for package in ("torch", "transformers", "accelerate", "ctranslate2", "sentencepiece", "rouge", "jieba"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    memory_gib = None
-    try:
-        memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        pass
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "memory_gib": memory_gib, "python": platform.python_version(), "os": platform.platform(),
-            "versions": versions}
-
-
 def load_markdown_table(name: str):
     """The benchmark module's ``markdown_table(results)`` function, or None."""
-    script = BENCH / BENCHMARKS[name][0]
-    spec = importlib.util.spec_from_file_location(f"_bench_{name}", script)
-    if spec is None or spec.loader is None:
-        return None
-    module = importlib.util.module_from_spec(spec)
     try:
-        spec.loader.exec_module(module)
+        module = importlib.import_module(BENCHMARKS[name][0])
     except Exception:  # a broken module must not stop the report
         return None
     return getattr(module, "markdown_table", None)
@@ -269,19 +244,15 @@ def render(records: dict[str, dict], info: dict[str, Any], command: str, started
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    from data_io import DataError, atomic_write_text
-
     if not args.out.parent.is_dir():
         print(f"error: the directory of --out {args.out} does not exist", file=sys.stderr)
         return 2
     args.json_dir.mkdir(parents=True, exist_ok=True)
     given = sys.argv[1:] if argv is None else argv
-    launcher = os.environ.get("RUN_ALL_LAUNCHER", "PYTHONPATH=. python bench/run_all.py")  # set by run_all.sh
+    launcher = os.environ.get("RUN_ALL_LAUNCHER", "python -m bench.run_all")  # set by run_all.sh
     command = " ".join([launcher, *map(shlex.quote, given)])
     started, t0, load_before = datetime.now(timezone.utc), time.perf_counter(), os.getloadavg()
-    info = machine()
+    info = harness.machine()
     records = {name: run_benchmark(name, args) for name in args.only}
     report = render(records, info, command, started, time.perf_counter() - t0, load_before, os.getloadavg(),
                     threads=args.threads)

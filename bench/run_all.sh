@@ -8,4 +8,4 @@ PY="$(bash "$ROOT/scripts/ensure_venv.sh")"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 cd "$ROOT"
 export RUN_ALL_LAUNCHER="bash bench/run_all.sh"  # recorded in RESULTS.md
-exec "$PY" "$ROOT/bench/run_all.py" "$@"
+exec "$PY" -m bench.run_all "$@"

@@ -140,6 +140,20 @@ def test_duplicate_ids_distinguish_string_and_number(tmp_path):
     assert err.line == 4 and "duplicate id 2" in str(err) and "line 3" in str(err)
 
 
+def test_logs_without_ids_read_only_when_ids_are_not_required(tmp_path):
+    from plotting import read_metrics
+
+    rows = [{"step": 1, "train/loss": 2.5}, {"step": 2, "train/loss": 2.0}, {"step": 2, "eval/rouge-1": 3.0},
+            {"step": 2, "train/loss": 1.5}]  # step 2's loss logged twice (a resumed run): the last one counts
+    path = _write_lines(tmp_path / "metrics.jsonl", [json.dumps(r) for r in rows])
+    assert "missing field 'id'" in str(_read_error(path, text_column=None, require_summary=False))
+    assert read_jsonl(path, text_column=None, require_summary=False, require_id=False) == rows
+    assert read_metrics(path) == [rows[0], rows[3], rows[2]]
+    _write_lines(path, [json.dumps(rows[0]), "{not json"])
+    err = _read_error(path, text_column=None, require_summary=False, require_id=False)
+    assert err.line == 2 and "malformed JSON" in str(err)
+
+
 def test_bad_encoding_names_the_line(tmp_path):
     path = tmp_path / "big5.jsonl"
     good = _rec("a").encode("utf-8") + b"\n"
