@@ -22,6 +22,7 @@ from transformers import HfArgumentParser
 from data_io import DataError, atomic_write_text, check_output_path
 from export import TitleConfig
 from generation import load_presets
+from rewards import REWARDS
 from tw_rouge import CkipSegmenter, get_segmenter
 
 OPTIMIZERS = ("adafactor", "adamw")
@@ -161,6 +162,26 @@ class RLArguments:
     rl_reward_weights: list[float] = field(
         default_factory=lambda: [1.0, 1.0, 1.0],
         metadata={"help": "Weights of ROUGE-1, ROUGE-2, ROUGE-L F in the reward (default: their mean)."})
+    rl_reward: str = field(
+        default="rouge", metadata={"help": "Reward (rewards.py): rouge (ROUGE F1 against the reference) or "
+                                           "rouge_length (minus --rl_length_penalty x relative length error)."})
+    rl_length_penalty: float = field(
+        default=0.5, metadata={"help": "rouge_length: weight of |len(title) - len(reference)| / len(reference)."})
+    rl_baseline: str = field(
+        default="auto", metadata={"help": "Self-critical baseline: greedy (Rennie et al. 2017), loo (leave-one-out "
+                                          "mean of the other samples, Kool et al. 2019), or auto (greedy for one "
+                                          "sample per article, loo for several)."})
+    rl_normalize: str = field(
+        default="sequence", metadata={"help": "Policy-gradient loss normalisation: sequence (each sample weighs the "
+                                              "same) or token (each sampled token weighs the same)."})
+    rl_kl_coef: float = field(
+        default=0.0, metadata={"help": "Weight of the KL anchor: per-token KL of the policy to the frozen "
+                                       "--rl_from model on the sampled titles, added to the loss (Ziegler et al. "
+                                       "2019, RL4LMs); 0 = off."})
+    rl_control: bool = field(
+        default=False, metadata={"help": "The RL stage's same-budget control: continue SUPERVISED training from "
+                                         "--rl_from with every other setting of the RL run (steps, batch, optimizer, "
+                                         "lr, evaluation), so an RL result can be shown beside it."})
 
 
 ARG_CLASSES = (ModelArguments, DataArguments, TrainArguments, EvalArguments, RLArguments)
@@ -301,6 +322,12 @@ def check_args(args: Args) -> None:
     need(0.0 <= r.rl_gamma <= 1.0, f"--rl_gamma must be in [0, 1] (got {r.rl_gamma})")
     need(len(r.rl_reward_weights) == 3 and all(w >= 0 for w in r.rl_reward_weights) and sum(r.rl_reward_weights) > 0,
          "--rl_reward_weights takes 3 non-negative numbers (ROUGE-1 2 L) with a positive sum")
+    need(r.rl_reward in REWARDS, f"--rl_reward must be one of {', '.join(sorted(REWARDS))} (got {r.rl_reward})")
+    need(r.rl_length_penalty >= 0 and r.rl_kl_coef >= 0, "--rl_length_penalty and --rl_kl_coef must be >= 0")
+    need(r.rl_baseline in ("auto", "greedy", "loo"), f"--rl_baseline must be auto, greedy or loo (got {r.rl_baseline})")
+    need(r.rl_baseline != "loo" or r.rl_num_samples >= 2, "--rl_baseline loo needs --rl_num_samples >= 2")
+    need(r.rl_normalize in ("sequence", "token"), f"--rl_normalize must be sequence or token (got {r.rl_normalize})")
+    need(not r.rl_control or r.rl_from is not None, "--rl_control needs --rl_from (the export both runs start from)")
     if m.use_lora:
         need(m.lora_r > 0, f"--lora_r must be > 0 (got {m.lora_r})")
     if m.prune_vocabulary:
@@ -376,7 +403,8 @@ RESUME_NOT_EXACT = ("per_device_train_batch_size", "gradient_accumulation_steps"
                     "max_train_samples", "text_column", "summary_column", "source_prefix", "max_source_length",
                     "max_target_length", "group_by_length", "mixed_precision", "gradient_checkpointing",
                     "dataloader_num_workers", "rl_num_samples", "rl_rollout_preset", "rl_baseline_preset",
-                    "rl_reward_weights", "rl_gamma")
+                    "rl_reward_weights", "rl_gamma", "rl_reward", "rl_length_penalty", "rl_baseline", "rl_normalize",
+                    "rl_kl_coef", "rl_control")
 RESUME_IGNORED = ("resume_from_checkpoint", "overwrite_output_dir", "output_dir")
 
 

@@ -16,8 +16,9 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
 
 def plot_learning_curves(metrics_path: str | os.PathLike, out_png: str | os.PathLike) -> None:
-    """Draw ``train/loss``, ``eval/rouge-{1,2,l}`` (F x100) and, when present, ``rl/*_reward`` against the
-    optimizer step into ``out_png`` (written atomically). Uses matplotlib's Agg backend."""
+    """Draw ``train/loss``, ``eval/rouge-{1,2,l}`` (F x100), the title statistics (distinct-1/2, repeated
+    3-grams, mean length) and, in the RL stage, ``rl/*_reward`` and ``rl/kl`` against the optimizer step into
+    ``out_png`` (written atomically). Uses matplotlib's Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -31,14 +32,23 @@ def plot_learning_curves(metrics_path: str | os.PathLike, out_png: str | os.Path
 
     panels = [("train", ["train/loss"], "loss"),
               ("eval", ["eval/rouge-1", "eval/rouge-2", "eval/rouge-l"], "ROUGE F x100")]
+    if any("eval/distinct_1" in r for r in rows):  # degeneration: diversity and repetition of the titles
+        panels.append(("titles", ["eval/distinct_1", "eval/distinct_2", "eval/repeat_3gram_frac"], "fraction"))
     if any("rl/sample_reward" in r for r in rows):
-        panels.append(("rl", ["rl/sample_reward", "rl/greedy_reward"], "reward (ROUGE F)"))
+        panels.append(("rl", ["rl/sample_reward", "rl/greedy_reward", "rl/kl"], "reward (ROUGE F), KL"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6))
     for ax, (title, keys, ylabel) in zip(axes, panels):
         for key in keys:
             xs, ys = series(key)
             if xs:
                 ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=key)
+        if title == "titles":  # the mean title length, in characters, on its own axis
+            xs, ys = series("eval/gen_len")
+            if xs:
+                twin = ax.twinx()
+                twin.plot(xs, ys, color="grey", linestyle="--", label="eval/gen_len (chars)")
+                twin.set_ylabel("mean title length (characters)")
+                twin.legend(fontsize=8, loc="lower right")
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(ylabel)

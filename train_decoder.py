@@ -65,8 +65,11 @@ from parse_arg import (
 )
 from plotting import plot_learning_curves
 from prune_vocab import PRUNE_INFO, PruneError, prune_export
-from rl import RewardFn, make_rouge_reward, mixed_objective, scst_step
+from rewards import RewardFn, make_reward
+from rl import scst_step
+from rl_math import mixed_objective
 from seq2seq_data import IndexedSeq2SeqCollator, get_train_dataloader, tokenize_pairs
+from text_stats import title_statistics
 from tw_rouge import get_rouge, get_segmenter
 
 logger = logging.getLogger("train_decoder")
@@ -223,6 +226,7 @@ class LogWindow:
     grad_norm: torch.Tensor | None = None  # of the last optimizer step
     rl_stats: list[dict[str, float]] = field(default_factory=list)
     first_nonfinite_step: torch.Tensor | None = None  # -1, or the first optimizer step with a non-finite loss
+    update_s: float = 0.0  # RL stage: seconds in backward + optimizer step (timed only there)
 
     def add(self, loss: torch.Tensor, batch: dict[str, torch.Tensor], step: int) -> None:
         """Accumulate one micro-batch of optimizer step ``step`` (no host sync)."""
@@ -253,16 +257,20 @@ class LogWindow:
             row["train/grad_norm"] = float(self.grad_norm)
         for key in self.rl_stats[0] if self.rl_stats else ():
             row[key] = sum(s[key] for s in self.rl_stats) / len(self.rl_stats)
+        if self.rl_stats:
+            row["rl/time_update_s"] = self.update_s / len(self.rl_stats)
         return row
 
 
 @dataclass
 class RLSetup:
-    """What the self-critical stage needs besides the model: the reward and the two decoding configs."""
+    """What the self-critical stage needs besides the policy: the reward, the two decoding configs and, for
+    the KL anchor, the frozen reference model."""
 
     reward_fn: RewardFn
     rollout_config: Any  # GenerationConfig that samples (--rl_rollout_preset)
     baseline_config: Any  # GenerationConfig of the greedy baseline (--rl_baseline_preset)
+    reference_model: torch.nn.Module | None = None  # the --rl_from export, frozen, on the policy's device
 
 
 class NonFiniteLossError(RuntimeError):
@@ -334,7 +342,7 @@ class Trainer:
         self.segmenter = get_segmenter(args.eval.segmenter)
         self.presets = load_presets(args.eval.presets_file)
         self.eval_generation_config = self.generation_config(args.eval.eval_preset)
-        self.rl = self.build_rl_setup() if args.rl.rl_from else None
+        self.rl = self.build_rl_setup() if args.rl.rl_from and not args.rl.rl_control else None
         self.last_eval_step: int | None = None
         self.last_save_step: int | None = None
         self.run_started = time.time()
@@ -351,9 +359,13 @@ class Trainer:
     def build_rl_setup(self) -> RLSetup:
         r = self.args.rl
         weights = dict(zip(("rouge-1", "rouge-2", "rouge-l"), r.rl_reward_weights))
-        return RLSetup(reward_fn=make_rouge_reward(segmenter=self.segmenter, weights=weights),
+        reference = None
+        if r.rl_kl_coef > 0:  # a frozen copy of the starting point; never prepared, never optimised
+            reference = get_model(r.rl_from).to(self.accelerator.device).eval().requires_grad_(False)
+        return RLSetup(reward_fn=make_reward(r.rl_reward, segmenter=self.segmenter, weights=weights,
+                                             length_penalty=r.rl_length_penalty),
                        rollout_config=self.generation_config(r.rl_rollout_preset),
-                       baseline_config=self.generation_config(r.rl_baseline_preset))
+                       baseline_config=self.generation_config(r.rl_baseline_preset), reference_model=reference)
 
     @property
     def batches_per_epoch(self) -> int:
@@ -377,15 +389,17 @@ class Trainer:
         """The supervised loss, or in the RL stage ``gamma * L_rl + (1 - gamma) * L_ml``."""
         if self.rl is None:
             return self.supervised_loss(batch)
-        refs = [self.train_records[i][self.args.data.summary_column] for i in batch["example_index"].tolist()]
-        r = self.args.rl
-        rl_loss, stats = scst_step(
-            self.model, batch, self.tokenizer, self.rl.reward_fn, references=refs, num_samples=r.rl_num_samples,
+        d, r = self.args.data, self.args.rl
+        records = [self.train_records[i] for i in batch["example_index"].tolist()]
+        step = scst_step(
+            self.model, batch, self.tokenizer, self.rl.reward_fn, sources=[x[d.text_column] for x in records],
+            references=[x[d.summary_column] for x in records], num_samples=r.rl_num_samples,
             rollout_config=self.rl.rollout_config, baseline_config=self.rl.baseline_config,
-            generate_model=self.accelerator.unwrap_model(self.model))
-        self.window.rl_stats.append(stats)
+            generate_model=self.accelerator.unwrap_model(self.model), reference_model=self.rl.reference_model,
+            baseline=r.rl_baseline, normalize=r.rl_normalize)
+        self.window.rl_stats.append(step.stats)
         ml_loss = self.supervised_loss(batch) if r.rl_gamma < 1 else None  # no teacher-forced pass for pure RL
-        return mixed_objective(rl_loss, ml_loss, r.rl_gamma)
+        return mixed_objective(step.loss, ml_loss, r.rl_gamma, kl=step.kl, kl_coef=r.rl_kl_coef)
 
     # ---- main loop
     def train(self, stop_after_steps: int | None = None) -> TrainingState:
@@ -395,8 +409,8 @@ class Trainer:
         self.bar = tqdm(total=self.max_train_steps, initial=self.state.completed_steps, unit="step", desc="train",
                         disable=not self.accelerator.is_local_main_process)
         self.run_started = time.time() - self.state.elapsed_s
-        if self.state.completed_steps == 0 and (self.args.train.eval_on_start or self.rl is not None):
-            self.evaluate()  # the starting score (for RL: the supervised model's), before the first step
+        if self.state.completed_steps == 0 and (self.args.train.eval_on_start or self.args.rl.rl_from):
+            self.evaluate()  # the starting score (RL and its control: the supervised model's), before step 1
         self.model.train()
         while self.state.completed_steps < self.stop_at:
             self.run_epoch()
@@ -426,12 +440,17 @@ class Trainer:
         acc, t = self.accelerator, self.args.train
         with acc.accumulate(self.model):
             loss = self.compute_loss(batch)
+            started = time.perf_counter()
             acc.backward(loss)
             if acc.sync_gradients and t.max_grad_norm > 0:
                 self.window.grad_norm = acc.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad()
+            if self.rl is not None:  # the RL stage reports where its time goes (it syncs anyway)
+                if acc.device.type == "cuda":
+                    torch.cuda.synchronize(acc.device)
+                self.window.update_s += time.perf_counter() - started
         self.state.batches_in_epoch += 1
         self.window.add(loss, batch, self.state.completed_steps + 1)
 
@@ -559,7 +578,7 @@ class Trainer:
             scores = get_rouge(preds, refs, segmenter=self.segmenter)
             metrics = {f"eval/{m}": 100 * scores[m]["f"] for m in ("rouge-1", "rouge-2", "rouge-l")}
             metrics["eval/rouge-sum"] = sum(metrics.values())
-            metrics["eval/gen_len"] = sum(len(p) for p in preds) / max(len(preds), 1)
+            metrics.update(title_statistics(preds))  # length, distinct-1/2, repeated 3-grams (degeneration)
             result = [metrics]
         return broadcast_object_list(result)[0]
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import train_decoder
 from conftest import write_jsonl
@@ -58,3 +59,58 @@ def test_rl_stage_resumes_exactly(tmp_path, tiny_model_dir, lcsts_train):
     for step in (3, 4):  # after the resume: same samples (RNG restored), same rewards, same loss
         assert resumed[step]["rl/sample_reward"] == pytest.approx(full[step]["rl/sample_reward"], abs=1e-9)
         assert resumed[step]["train/loss"] == pytest.approx(full[step]["train/loss"], rel=1e-5, abs=1e-6)
+
+
+def test_rl_stage_kl_anchor_degeneration_metrics_and_timings(tmp_path, tiny_model_dir, lcsts_train):
+    from safetensors.torch import load_file
+
+    before = load_file(str(tiny_model_dir / "model.safetensors"))
+    argv = rl_argv(tmp_path, tiny_model_dir, lcsts_train[:12], "kl", ["--save_steps", "0", "--rl_kl_coef", "0.5"])
+    assert train_decoder.main(argv) == 0
+    metrics = rows(tmp_path / "kl")
+    train_rows = [r for r in metrics if "train/loss" in r]
+    assert train_rows[0]["rl/kl"] == pytest.approx(0.0, abs=1e-6)  # step 1: the policy is still the reference
+    assert all(r["rl/kl"] > 0 for r in train_rows[1:])
+    for key in ("rl/time_rollout_s", "rl/time_reward_s", "rl/time_logprob_s", "rl/time_update_s"):
+        assert all(r[key] >= 0 for r in train_rows), key
+    evals = [r for r in metrics if "eval/rouge-1" in r]
+    for key in ("eval/gen_len", "eval/distinct_1", "eval/distinct_2", "eval/repeat_3gram_frac"):
+        assert all(key in r for r in evals), key
+    after = load_file(str(tiny_model_dir / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the reference export is never written
+
+
+def test_the_reward_sees_the_articles(tmp_path, tiny_model_dir, lcsts_train, monkeypatch):
+    import rewards
+
+    seen: list[list[str]] = []
+
+    def recording(segmenter=None, weights=None, ckip_dir=None):
+        def reward(sources, preds, refs):
+            seen.append(list(sources))
+            return [0.0] * len(preds)
+        return reward
+
+    monkeypatch.setitem(rewards.REWARDS, "recording", recording)
+    records = lcsts_train[:12]
+    argv = rl_argv(tmp_path, tiny_model_dir, records, "src", ["--save_steps", "0", "--rl_reward", "recording",
+                                                              "--max_train_steps", "2"])
+    assert train_decoder.main(argv) == 0
+    articles = {r["maintext"] for r in records}
+    assert len(seen) == 2 and all(len(s) == 4 * 2 + 4 for s in seen)  # 2 samples + 1 greedy for 4 articles
+    assert all(set(s) <= articles for s in seen)
+
+
+def test_the_control_trains_supervised_from_the_same_start(tmp_path, tiny_model_dir, lcsts_train):
+    records = lcsts_train[:12]
+    assert train_decoder.main(rl_argv(tmp_path, tiny_model_dir, records, "rl", ["--save_steps", "0"])) == 0
+    assert train_decoder.main(rl_argv(tmp_path, tiny_model_dir, records, "control",
+                                      ["--save_steps", "0", "--rl_control", "true"])) == 0
+    rl_rows, control_rows = rows(tmp_path / "rl"), rows(tmp_path / "control")
+    first_rl, first_control = (next(r for r in rs if "eval/rouge-1" in r) for rs in (rl_rows, control_rows))
+    assert first_control["step"] == first_rl["step"] == 0
+    assert first_control["eval/rouge-sum"] == first_rl["eval/rouge-sum"]  # the same start, scored the same
+    control_train = [r for r in control_rows if "train/loss" in r]
+    assert [r["step"] for r in control_train] == [r["step"] for r in rl_rows if "train/loss" in r]  # same budget
+    assert not any(k.startswith("rl/") for r in control_train for k in r)  # no rollouts: the supervised loss
+    assert [r["train/lr"] for r in control_train] == [r["train/lr"] for r in rl_rows if "train/loss" in r]
