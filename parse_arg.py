@@ -146,6 +146,12 @@ class EvalArguments:
                                         "else ckip, the grading one)."})
     eval_max_new_tokens: Optional[int] = field(
         default=None, metadata={"help": "Max title tokens at eval (default: --max_target_length)."})
+    select_generation_presets: list[str] = field(
+        default_factory=lambda: list(DEFAULT_SELECTION),
+        metadata={"help": "After training, decode the validation set with each of these presets using best/, "
+                          "score them, and write the winner (by --metric_for_best_model) into best/'s "
+                          "generation_config.json and title_config.json: run.sh then decodes with it. Give "
+                          "'none' to keep the evaluation preset."})
 
 
 @dataclass
@@ -183,6 +189,9 @@ class RLArguments:
                                          "--rl_from with every other setting of the RL run (steps, batch, optimizer, "
                                          "lr, evaluation), so an RL result can be shown beside it."})
 
+
+DEFAULT_SELECTION = ("greedy", "beam4", "beam4_norepeat", "beam5")
+"""The decoding presets tried after training by default (``--select_generation_presets``)."""
 
 ARG_CLASSES = (ModelArguments, DataArguments, TrainArguments, EvalArguments, RLArguments)
 
@@ -338,8 +347,10 @@ def check_args(args: Args) -> None:
              "--prune_min_count and --prune_keep_top must be >= 1")
     try:
         presets = load_presets(e.presets_file)
-        for flag, name in (("--eval_preset", e.eval_preset), ("--rl_rollout_preset", r.rl_rollout_preset),
-                           ("--rl_baseline_preset", r.rl_baseline_preset)):
+        named = [("--eval_preset", e.eval_preset), ("--rl_rollout_preset", r.rl_rollout_preset),
+                 ("--rl_baseline_preset", r.rl_baseline_preset)]
+        named += [("--select_generation_presets", name) for name in selection_presets(e)]
+        for flag, name in named:
             need(name in presets, f"{flag} {name!r} is not a preset; known: {', '.join(sorted(presets))}")
     except (OSError, ValueError) as err:
         problems.append(f"--presets_file: {err}")
@@ -351,7 +362,7 @@ def check_args(args: Args) -> None:
         raise ArgumentError(message)
 
 
-RUN_FILES = ("metrics.jsonl", "eval_predictions.jsonl", "learning_curve.png", "args.json")
+RUN_FILES = ("metrics.jsonl", "eval_predictions.jsonl", "learning_curve.png", "args.json", "preset_selection.md")
 RUN_DIRS = ("checkpoints", "best", "tokenizer", "pruned_model")
 """What a training run writes into its --output_dir (and --overwrite_output_dir deletes)."""
 
@@ -382,6 +393,11 @@ MISSING_DATA_HINT = (
     "The homework data goes in data/train.jsonl and data/public.jsonl (or pass --train_file and "
     "--validation_file).\nTo try the whole pipeline offline on the sample data shipped in data/sample/:\n"
     "    bash train.sh configs/tiny-cpu.json")
+
+
+def selection_presets(e: "EvalArguments") -> list[str]:
+    """``--select_generation_presets`` without ``none`` (which turns the selection off) and duplicates."""
+    return [] if "none" in e.select_generation_presets else list(dict.fromkeys(e.select_generation_presets))
 
 
 def check_segmenter_data(args: Args) -> None:

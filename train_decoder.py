@@ -62,6 +62,7 @@ from parse_arg import (
     parse_args,
     resume_differences,
     save_args,
+    selection_presets,
 )
 from plotting import plot_learning_curves
 from prune_vocab import PRUNE_INFO, PruneError, prune_export
@@ -558,13 +559,17 @@ class Trainer:
         self.model.train()
         return metrics
 
-    def generate_eval_titles(self) -> list[str]:
-        """Titles for every validation article, generated in shards across processes, in input order."""
+    def generate_eval_titles(self, model=None, generation_config=None) -> list[str]:
+        """Titles for every validation article (by ``model``, default the one training, with
+        ``generation_config``, default the evaluation preset), generated in shards across processes, in
+        input order."""
         acc, d = self.accelerator, self.args.data
+        model = model if model is not None else acc.unwrap_model(self.model)
         texts = [r[d.text_column] for r in self.eval_records]
         with acc.split_between_processes(list(range(len(texts)))) as shard:
-            local = generate_titles(acc.unwrap_model(self.model), self.tokenizer, [texts[i] for i in shard],
-                                    self.eval_generation_config, batch_size=self.args.train.per_device_eval_batch_size,
+            local = generate_titles(model, self.tokenizer, [texts[i] for i in shard],
+                                    generation_config or self.eval_generation_config,
+                                    batch_size=self.args.train.per_device_eval_batch_size,
                                     max_source_length=d.max_source_length, source_prefix=d.source_prefix,
                                     device=acc.device, bf16=self.args.train.mixed_precision == "bf16")
             pairs = list(zip(shard, local))
@@ -631,6 +636,57 @@ class Trainer:
             logger.info("new best %s = %.3f at step %d -> %s", self.args.train.metric_for_best_model,
                         self.state.best_metric, self.state.completed_steps, final)
         acc.wait_for_everyone()
+
+    @torch.no_grad()
+    def select_generation_preset(self) -> str | None:
+        """``--select_generation_presets``: decode the validation set with each preset using ``best/``, score
+        them, log the table, and make the winner (by ``--metric_for_best_model``) the export's own strategy:
+        its ``generation_config.json``, ``title_config.json`` (``generation_preset``, the reason, every
+        preset's scores, the winner's metrics) and ``eval_predictions.jsonl``. Returns the winner (None when
+        there is nothing to select)."""
+        names, best = selection_presets(self.args.eval), self.output_dir / "best"
+        if not names or not (best / "config.json").exists():
+            return None
+        key = f"eval/{self.args.train.metric_for_best_model}"
+        model = get_model(str(best)).to(self.accelerator.device).eval()
+        scores, titles, configs = {}, {}, {}
+        for name in names:
+            configs[name] = self.generation_config(name)
+            started = time.time()
+            titles[name] = self.generate_eval_titles(model, configs[name])
+            scores[name] = {k: v for k, v in self.score_titles(titles[name]).items()}
+            scores[name]["eval/seconds"] = time.time() - started
+        winner = max(names, key=lambda n: scores[n][key])  # ties: the earlier (cheaper) preset in the list
+        if self.accelerator.is_main_process:
+            self.write_selection(best, winner, scores, configs[winner], titles[winner])
+        self.accelerator.wait_for_everyone()
+        return winner
+
+    def write_selection(self, best: Path, winner: str, scores: dict, config, titles: list[str]) -> None:
+        key = f"eval/{self.args.train.metric_for_best_model}"
+        lines = ["| preset | ROUGE-1 | ROUGE-2 | ROUGE-L | sum | mean chars | distinct titles | seconds |",
+                 "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for name, m in scores.items():
+            mark = " (selected)" if name == winner else ""
+            lines.append(f"| {name}{mark} | {m['eval/rouge-1']:.2f} | {m['eval/rouge-2']:.2f} | "
+                         f"{m['eval/rouge-l']:.2f} | {m['eval/rouge-sum']:.2f} | {m['eval/gen_len']:.1f} | "
+                         f"{m['eval/distinct_titles']:.0%} | {m['eval/seconds']:.0f} |")
+        table = "\n".join(lines)
+        logger.info("decoding presets on %s (segmenter %s), best/ of step %s:\n%s", self.args.data.validation_file,
+                    self.segmenter.name, self.state.best_step, table)
+        exported = TitleConfig.load(best)
+        exported.generation_preset = winner
+        exported.generation_preset_reason = (f"selected after training: the best {key[5:]} on "
+                                             f"{Path(self.args.data.validation_file).name} among {', '.join(scores)}")
+        exported.preset_scores = {name: {k: v for k, v in m.items() if k != "eval/seconds"}
+                                  for name, m in scores.items()}
+        exported.metrics = exported.preset_scores[winner]
+        atomic_write_text(best / "generation_config.json", config.to_json_string())
+        exported.save(best)
+        write_jsonl_atomic(best / "eval_predictions.jsonl", self.prediction_rows(titles))
+        atomic_write_text(self.output_dir / "preset_selection.md", f"# Decoding presets on the validation set\n\n"
+                          f"{table}\n\nSelected: **{winner}** (by {key[5:]}; segmenter {self.segmenter.name}).\n")
+        logger.info("best/ now decodes with %s (%s = %.2f)", winner, key[5:], scores[winner][key])
 
     def save_checkpoint(self) -> Path:
         self.last_save_step = self.state.completed_steps
@@ -872,6 +928,8 @@ def main(argv: list[str] | None = None, stop_after_steps: int | None = None,
         trainer.stop_signals = signals
         try:
             state = trainer.train(stop_after_steps=stop_after_steps)
+            if stop_after_steps is None or state.completed_steps < stop_after_steps:
+                trainer.select_generation_preset()
         except TrainingInterrupted as stop:
             print(f"{stop}: saved {stop.checkpoint}; continue with the same command plus "
                   "--resume_from_checkpoint latest", file=sys.stderr)

@@ -300,3 +300,39 @@ def test_console_rows_keep_small_floats_significant():
     row = {"step": 5, "train/lr": 5e-05, "rl/lr": 1e-05, "train/loss": 4.61234, "eval/rouge-1": 14.8734}
     assert train_decoder.format_row(row) == ("step=5, train/lr=5e-05, rl/lr=1e-05, train/loss=4.612, "
                                              "eval/rouge-1=14.87")
+
+
+def test_the_export_carries_the_decoding_strategy_selected_on_validation(tiny_run, tmp_path, lcsts_val):
+    """--select_generation_presets scores each preset with best/ and makes the winner the export's own
+    strategy; run.sh then decodes with it, and PRESET overrides it."""
+    from export import TitleConfig
+    from generation import load_presets
+
+    argv = tiny_run(n_train=24, n_eval=12, extra=["--max_train_steps", "30", "--optimizer", "adamw",
+                                                  "--learning_rate", "3e-3", "--per_device_train_batch_size", "8",
+                                                  "--select_generation_presets", "greedy", "beam4_norepeat"])
+    assert train_decoder.main(argv) == 0
+    best = tmp_path / "out" / "best"
+    exported = TitleConfig.load(best)
+    assert set(exported.preset_scores) == {"greedy", "beam4_norepeat"}
+    winner = max(exported.preset_scores, key=lambda n: exported.preset_scores[n]["eval/rouge-sum"])
+    assert exported.generation_preset == winner and "selected after training" in exported.generation_preset_reason
+    assert exported.metrics == exported.preset_scores[winner]
+    saved = json.loads((best / "generation_config.json").read_text(encoding="utf-8"))
+    for field, value in load_presets()[winner].items():
+        assert saved.get(field, {"early_stopping": False, "no_repeat_ngram_size": 0}.get(field)) == value, field
+    assert "(selected)" in (tmp_path / "out" / "preset_selection.md").read_text(encoding="utf-8")
+
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": r["id"], "maintext": r["maintext"]} for r in lcsts_val[:6]])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    outputs = {}
+    for preset in ("", winner, "greedy" if winner != "greedy" else "beam4_norepeat"):
+        out = tmp_path / f"out-{preset or 'own'}.jsonl"
+        proc = subprocess.run(["bash", str(REPO / "run.sh"), str(inp), str(out), str(best)], capture_output=True,
+                              text=True, env={**env, "PRESET": preset}, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        outputs[preset or "own"] = (out.read_text(encoding="utf-8"), proc.stderr)
+    assert f"preset {winner} (the export's own: selected after training" in outputs["own"][1]
+    assert outputs["own"][0] == outputs[winner][0]  # the export's own strategy is the selected preset
+    other = "greedy" if winner != "greedy" else "beam4_norepeat"
+    assert f"preset {other} (named by --preset / PRESET)" in outputs[other][1]
