@@ -28,7 +28,8 @@ from tw_rouge import CkipSegmenter, get_segmenter
 OPTIMIZERS = ("adafactor", "adamw")
 PRECISIONS = ("no", "bf16", "fp16")
 FREEZABLE = ("encoder", "decoder", "embeddings")
-BEST_METRICS = ("rouge-sum", "rouge-1", "rouge-2", "rouge-l")
+BEST_METRICS = ("rouge-sum", "rouge-1", "rouge-2", "rouge-l", "loss")
+OBJECTIVES = ("title", "span_corruption", "text_infilling")  # pretraining.OBJECTIVES
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt")
 
@@ -87,6 +88,20 @@ class DataArguments:
         default=TitleConfig.max_target_length,
         metadata={"help": "Titles are truncated to this many tokens; also the max new tokens at eval."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N training pairs."})
+    objective: str = field(
+        default="title", metadata={"help": "title: supervised article -> title. span_corruption (T5) or "
+                                           "text_infilling (BART denoising): self-supervised pretraining on "
+                                           "unlabelled text (--pretrain_files, default the training file's "
+                                           "articles and titles); validated by the objective's loss on the "
+                                           "validation file's texts. See pretraining.py."})
+    pretrain_files: list[str] = field(
+        default_factory=list, metadata={"help": "Unlabelled text for --objective span_corruption/text_infilling: "
+                                                "JSON lines (the --text_column and --summary_column fields) or "
+                                                "plain text (one text per line). Default: --train_file."})
+    noise_density: float = field(default=0.15, metadata={"help": "span_corruption: share of tokens corrupted."})
+    mean_noise_span_length: float = field(default=3.0, metadata={"help": "span_corruption: mean span, tokens."})
+    mask_ratio: float = field(default=0.3, metadata={"help": "text_infilling: share of tokens masked."})
+    poisson_lambda: float = field(default=3.0, metadata={"help": "text_infilling: mean span length (Poisson)."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N validation pairs."})
 
 
@@ -130,7 +145,8 @@ class TrainArguments:
     resume_from_checkpoint: Optional[str] = field(
         default=None, metadata={"help": "A checkpoint dir, or 'latest' for the newest in OUTPUT_DIR/checkpoints."})
     metric_for_best_model: str = field(
-        default="rouge-sum", metadata={"help": "rouge-sum (ROUGE-1+2+L F) | rouge-1 | rouge-2 | rouge-l."})
+        default="rouge-sum", metadata={"help": "rouge-sum (ROUGE-1+2+L F) | rouge-1 | rouge-2 | rouge-l (higher "
+                                               "is better); the pretraining objectives always use loss."})
     report_to: Optional[str] = field(
         default=None, metadata={"help": "Accelerate tracker(s), e.g. tensorboard or wandb (comma-separated)."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
@@ -325,6 +341,17 @@ def check_args(args: Args) -> None:
          f"--freeze takes any of {', '.join(FREEZABLE)} (got {' '.join(m.freeze)})")
     need(t.metric_for_best_model in BEST_METRICS,
          f"--metric_for_best_model must be one of {', '.join(BEST_METRICS)} (got {t.metric_for_best_model})")
+    need(d.objective in OBJECTIVES, f"--objective must be one of {', '.join(OBJECTIVES)} (got {d.objective})")
+    if d.objective != "title":
+        t.metric_for_best_model = "loss"  # ROUGE of titles means nothing for a denoising model
+        need(r.rl_from is None and not m.prune_vocabulary, "--objective pretraining cannot be combined with "
+             "--rl_from or --prune_vocabulary")
+        need(0 < d.noise_density < 1 and 0 < d.mask_ratio < 1 and d.mean_noise_span_length > 0
+             and d.poisson_lambda > 0, "--noise_density and --mask_ratio must be in (0, 1), the span lengths > 0")
+        for path in d.pretrain_files:
+            need(Path(path).is_file(), f"--pretrain_files {path}: file not found")
+    else:
+        need(t.metric_for_best_model != "loss", "--metric_for_best_model loss is for the pretraining objectives")
     need(e.segmenter in (None, "ckip", "jieba", "char"),
          f"--segmenter must be ckip, jieba or char (got {e.segmenter})")
     need(e.eval_max_new_tokens is None or e.eval_max_new_tokens > 0, "--eval_max_new_tokens must be > 0")
@@ -415,7 +442,9 @@ def check_segmenter_data(args: Args) -> None:
 RESUME_REFUSED = ("model_name_or_path", "config_name", "tokenizer_name", "tokenizer_vocab_size", "use_lora", "lora_r",
                   "lora_alpha", "lora_target_modules", "freeze", "optimizer", "rl_from", "prune_vocabulary",
                   "prune_keep_top", "prune_min_count")
-RESUME_NOT_EXACT = ("per_device_train_batch_size", "gradient_accumulation_steps", "seed", "train_file",
+RESUME_NOT_EXACT = ("objective", "pretrain_files", "noise_density", "mean_noise_span_length", "mask_ratio",
+                    "poisson_lambda",
+                    "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "train_file",
                     "max_train_samples", "text_column", "summary_column", "source_prefix", "max_source_length",
                     "max_target_length", "group_by_length", "mixed_precision", "gradient_checkpointing",
                     "dataloader_num_workers", "rl_num_samples", "rl_rollout_preset", "rl_baseline_preset",

@@ -65,7 +65,8 @@ from parse_arg import (
     selection_presets,
 )
 from plotting import plot_learning_curves
-from prune_vocab import PRUNE_INFO, PruneError, prune_export
+from pretraining import CorruptedTexts
+from prune_vocab import PRUNE_INFO, PruneError, prune_export, read_corpus
 from rewards import RewardFn, make_reward
 from rl import scst_step
 from rl_math import mixed_objective
@@ -113,10 +114,10 @@ def prune_vocabulary(args: Args, accelerator: Accelerator) -> None:
     accelerator.wait_for_everyone()
 
 
-def get_tokenizer_for_run(args: Args, train_records: list[dict], accelerator: Accelerator):
+def get_tokenizer_for_run(args: Args, texts: list[str], accelerator: Accelerator):
     """The run's tokenizer: the RL export's, the given one, the model's, or (from scratch without
-    ``--tokenizer_name``) a sentencepiece unigram model trained on the training texts, saved to
-    ``OUTPUT_DIR/tokenizer`` (reused when resuming)."""
+    ``--tokenizer_name``) a sentencepiece unigram model trained on ``texts`` (the training articles and
+    titles, or the pretraining corpus), saved to ``OUTPUT_DIR/tokenizer`` (reused when resuming)."""
     m = args.model
     if args.rl.rl_from:
         return get_tokenizer(args.rl.rl_from)
@@ -127,7 +128,6 @@ def get_tokenizer_for_run(args: Args, train_records: list[dict], accelerator: Ac
     tok_dir = Path(args.train.output_dir) / "tokenizer"
     reuse = args.train.resume_from_checkpoint and (tok_dir / "spiece.model").exists()
     if accelerator.is_main_process and not reuse:
-        texts = [r[args.data.text_column] for r in train_records] + [r[args.data.summary_column] for r in train_records]
         logger.info("training a %d-piece sentencepiece tokenizer on %d texts", m.tokenizer_vocab_size, len(texts))
         try:
             train_sentencepiece_tokenizer(texts, tok_dir, vocab_size=m.tokenizer_vocab_size)
@@ -177,7 +177,7 @@ class Factories:
     """Constructors :func:`build_trainer` calls; tests and benchmarks pass their own (e.g. a collator that
     records every batch, a model with hooks)."""
 
-    tokenizer: Callable[[Args, list[dict], Accelerator], Any] = get_tokenizer_for_run
+    tokenizer: Callable[[Args, list[str], Accelerator], Any] = get_tokenizer_for_run
     model: Callable[[Args, Any], torch.nn.Module] = get_model_for_run
     collator: Callable[[Args, Any], Callable] = get_collator
 
@@ -349,6 +349,7 @@ class Trainer:
         self.run_started = time.time()
         self.bar = None
         self.stop_signals: StopSignals | None = None  # set by main() while it trains
+        self.eval_dataset: CorruptedTexts | None = None  # a pretraining objective's validation data
 
     def generation_config(self, preset: str):
         """The preset's ``GenerationConfig`` over the model's special-token ids, ``max_new_tokens`` = the
@@ -424,6 +425,8 @@ class Trainer:
     def run_epoch(self) -> None:
         """One pass over the training batches (the rest of one, after a resume), or until ``stop_at``."""
         self.train_loader.set_epoch(self.state.epoch)  # the sampler's order depends on (seed, epoch) only
+        if hasattr(self.train_loader.dataset, "set_epoch"):  # the pretraining corruptions too
+            self.train_loader.dataset.set_epoch(self.state.epoch)
         batches = self.train_loader
         if self.state.batches_in_epoch:
             batches = self.accelerator.skip_first_batches(self.train_loader, self.state.batches_in_epoch)
@@ -546,18 +549,46 @@ class Trainer:
     # ---- evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Generate validation titles, score them, log, export a new best, write the side outputs."""
+        """Generate validation titles, score them, log, export a new best, write the side outputs (a
+        pretraining objective: the objective's loss on the validation texts instead)."""
         started = time.time()
-        preds = self.generate_eval_titles()
-        metrics = self.score_titles(preds)
+        if self.eval_dataset is not None:
+            preds, metrics = None, {"eval/loss": self.validation_loss()}
+        else:
+            preds = self.generate_eval_titles()
+            metrics = self.score_titles(preds)
         metrics["eval/seconds"] = time.time() - started
         self.last_eval_step = self.state.completed_steps
         self.log({"step": self.state.completed_steps, "epoch": self.epoch_progress(), **metrics})
         if self.is_new_best(metrics):
             self.export_best(preds, metrics)
-        self.write_eval_outputs(preds)
+        if preds is not None:
+            self.write_eval_outputs(preds)
+        elif self.accelerator.is_main_process:
+            self.draw_learning_curve()
         self.model.train()
         return metrics
+
+    def validation_loss(self) -> float:
+        """Mean teacher-forced cross-entropy per target token of the corrupted validation texts (a
+        pretraining objective's validation score; shards across processes, summed exactly)."""
+        acc, model = self.accelerator, self.accelerator.unwrap_model(self.model)
+        model.eval()
+        collate = IndexedSeq2SeqCollator(self.tokenizer)
+        size = self.args.train.per_device_eval_batch_size
+        total = torch.zeros(2, dtype=torch.float64, device=acc.device)  # loss sum, target tokens
+        with acc.split_between_processes(list(range(len(self.eval_dataset)))) as shard:
+            for start in range(0, len(shard), size):
+                batch = collate([self.eval_dataset[i] for i in shard[start: start + size]])
+                batch = {k: v.to(acc.device) for k, v in batch.items() if k != "example_index"}
+                with acc.autocast():
+                    logits = model(**batch).logits
+                labels = batch["labels"]
+                loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), labels.view(-1), ignore_index=-100,
+                                       reduction="sum")
+                total += torch.stack([loss.double(), (labels != -100).sum().double()])
+        total = acc.reduce(total, reduction="sum")
+        return float(total[0] / total[1].clamp(min=1))
 
     def generate_eval_titles(self, model=None, generation_config=None) -> list[str]:
         """Titles for every validation article (by ``model``, default the one training, with
@@ -587,15 +618,23 @@ class Trainer:
             result = [metrics]
         return broadcast_object_list(result)[0]
 
+    def better(self, score: float, than: float | None) -> bool:
+        """Whether ``score`` beats ``than`` on ``--metric_for_best_model`` (ROUGE: higher; loss: lower)."""
+        if than is None:
+            return True
+        return score < than if self.args.train.metric_for_best_model == "loss" else score > than
+
     def is_new_best(self, metrics: dict[str, float]) -> bool:
         """Record ``metrics`` as the best so far when they beat it on ``--metric_for_best_model``."""
         score = metrics[f"eval/{self.args.train.metric_for_best_model}"]
-        if self.state.best_metric is not None and score <= self.state.best_metric:
+        if not self.better(score, self.state.best_metric):
             return False
         self.state.best_metric, self.state.best_step = score, self.state.completed_steps
         return True
 
-    def prediction_rows(self, preds: list[str]) -> list[dict[str, Any]]:
+    def prediction_rows(self, preds: list[str] | None) -> list[dict[str, Any]] | None:
+        if preds is None:
+            return None
         return [{"title": p, "id": r["id"]} for p, r in zip(preds, self.eval_records)]
 
     def write_eval_outputs(self, preds: list[str]) -> None:
@@ -603,6 +642,9 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         write_jsonl_atomic(self.output_dir / "eval_predictions.jsonl", self.prediction_rows(preds))
+        self.draw_learning_curve()
+
+    def draw_learning_curve(self) -> None:
         try:
             plot_learning_curves(self.metrics_path, self.output_dir / "learning_curve.png")
         except Exception as err:  # noqa: BLE001 - a plot must never stop training
@@ -645,7 +687,7 @@ class Trainer:
         preset's scores, the winner's metrics) and ``eval_predictions.jsonl``. Returns the winner (None when
         there is nothing to select)."""
         names, best = selection_presets(self.args.eval), self.output_dir / "best"
-        if not names or not (best / "config.json").exists():
+        if not names or not (best / "config.json").exists() or self.eval_dataset is not None:
             return None
         key = f"eval/{self.args.train.metric_for_best_model}"
         model = get_model(str(best)).to(self.accelerator.device).eval()
@@ -758,7 +800,7 @@ class Trainer:
             return
         exported = TitleConfig.load(best)
         score = exported.metrics.get(f"eval/{self.args.train.metric_for_best_model}")
-        if score is not None and (self.state.best_metric is None or score > self.state.best_metric):
+        if score is not None and self.better(score, self.state.best_metric):
             self.state.best_metric, self.state.best_step = score, exported.step
 
 
@@ -797,6 +839,34 @@ def prepare_output_dir(args: Args) -> None:
             logger.info("--overwrite_output_dir: removed %s from %s", ", ".join(removed), out)
     out.mkdir(parents=True, exist_ok=True)
     save_args(args, out / "args.json")
+
+
+def load_pretraining_texts(args: Args) -> tuple[list[str], list[str]]:
+    """``(training texts, validation texts)`` for a pretraining objective: the articles and titles of
+    ``--pretrain_files`` (default ``--train_file``; plain-text files give one text per line) and of
+    ``--validation_file`` (``prune_vocab.read_corpus``).
+
+    Raises:
+        DataError: a missing, malformed or empty file (file and line named).
+    """
+    d = args.data
+    columns = (d.text_column, d.summary_column)
+    texts, _ = read_corpus(d.pretrain_files or [d.train_file], columns)
+    eval_texts, _ = read_corpus([d.validation_file], columns)
+    return texts[: d.max_train_samples or None], eval_texts[: d.max_eval_samples or None]
+
+
+def corrupted_texts(args: Args, tokenizer, texts: list[str], seed: int) -> CorruptedTexts:
+    """The pretraining dataset of ``texts``: tokenised (at most ``--max_source_length`` tokens with EOS),
+    corrupted by ``--objective`` with the tokenizer's ``<extra_id_N>`` sentinels."""
+    d = args.data
+    sentinels = [i for i in tokenizer.convert_tokens_to_ids([f"<extra_id_{k}>" for k in range(100)])
+                 if i is not None and i != tokenizer.unk_token_id]
+    ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=d.max_source_length - 1)["input_ids"]
+    keep = [x for x in ids if x]
+    return CorruptedTexts(keep, d.objective, tokenizer.eos_token_id, sentinels, seed, noise_density=d.noise_density,
+                          mean_noise_span_length=d.mean_noise_span_length, mask_ratio=d.mask_ratio,
+                          poisson_lambda=d.poisson_lambda)
 
 
 def load_records(args: Args) -> tuple[list[dict], list[dict]]:
@@ -858,14 +928,23 @@ def build_trainer(args: Args, factories: Factories | None = None) -> Trainer:
     if accelerator.is_main_process:
         prepare_output_dir(args)
     accelerator.wait_for_everyone()
-    train_records, eval_records = load_records(args)
+    pretraining = d.objective != "title"
+    if pretraining:
+        train_records, eval_records = [], []
+        texts, eval_texts = load_pretraining_texts(args)
+    else:
+        train_records, eval_records = load_records(args)
+        texts = [r[d.text_column] for r in train_records] + [r[d.summary_column] for r in train_records]
     if args.model.prune_vocabulary:
         prune_vocabulary(args, accelerator)
-    tokenizer = factories.tokenizer(args, train_records, accelerator)
+    tokenizer = factories.tokenizer(args, texts, accelerator)
     model = factories.model(args, tokenizer)
-    dataset = tokenize_pairs(train_records, tokenizer, text_column=d.text_column, summary_column=d.summary_column,
-                             source_prefix=d.source_prefix, max_source_length=d.max_source_length,
-                             max_target_length=d.max_target_length)
+    if pretraining:
+        dataset = corrupted_texts(args, tokenizer, texts, seed=t.seed)
+    else:
+        dataset = tokenize_pairs(train_records, tokenizer, text_column=d.text_column, summary_column=d.summary_column,
+                                 source_prefix=d.source_prefix, max_source_length=d.max_source_length,
+                                 max_target_length=d.max_target_length)
     train_loader = get_train_dataloader(dataset, factories.collator(args, tokenizer), t.per_device_train_batch_size,
                                         seed=t.seed, group_by_length=t.group_by_length,
                                         num_workers=t.dataloader_num_workers)
@@ -878,6 +957,8 @@ def build_trainer(args: Args, factories: Factories | None = None) -> Trainer:
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     trainer = Trainer(args, accelerator, model, tokenizer, optimizer, scheduler, train_loader, train_records,
                       eval_records, max_train_steps)
+    if pretraining:  # a fixed corruption of the validation texts (another seed than training's)
+        trainer.eval_dataset = corrupted_texts(args, tokenizer, eval_texts, seed=t.seed + 1)
     log_banner(trainer, dataset[0], steps_per_epoch, warmup)
     init_trackers(args, accelerator)
     if t.resume_from_checkpoint:
