@@ -1,12 +1,13 @@
 """Run every benchmark and write ``bench/RESULTS.md`` (one command refreshes every figure).
 
-    python -m bench.run_all [--out bench/RESULTS.md] [--only train rouge inference] [--threads N]
+    python -m bench.run_all [--out bench/RESULTS.md] [--only train rouge inference prune] [--threads N]
                             [--data_dir ../shared/data]
     bash bench/run_all.sh [same flags]            # the same, with the project's virtualenv
 
 Each benchmark is its own module in ``bench/`` (run in a subprocess, ``python -m bench.NAME ... --json``;
 their progress is shown as it happens): ``bench_train`` (training throughput), ``bench_rouge`` (tw_rouge
-pairs/s), ``bench_inference`` (seconds per article per backend). ``RESULTS.md`` gets the machine
+pairs/s), ``bench_inference`` (seconds per article per backend), ``bench_prune`` (the full mt5-small shape
+against vocabulary-pruned ones: training, memory, export size, beam-4 decoding). ``RESULTS.md`` gets the machine
 (``harness.machine()``: CPU model, cores, RAM, torch threads, library versions), the date, the command, the
 load average before and after, and each benchmark's tables (its own ``markdown_table``). A benchmark that
 is absent or fails is reported as such in ``RESULTS.md``; the others still run. The raw JSON goes to
@@ -41,6 +42,7 @@ BENCHMARKS = {
     "train": ("bench.bench_train", "Training throughput"),
     "rouge": ("bench.bench_rouge", "tw_rouge throughput"),
     "inference": ("bench.bench_inference", "Inference: seconds per article per backend"),
+    "prune": ("bench.bench_prune", "Vocabulary pruning: full mt5-small shape against pruned vocabularies"),
 }
 
 
@@ -55,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the shared data folder (default: ../shared/data next to the repo)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for the training and inference runs (default: their default, all cores)")
-    parser.add_argument("--train_repeats", type=int, default=None, help="bench_train --repeats")
+    parser.add_argument("--train_repeats", type=int, default=None, help="bench_train and bench_prune --repeats")
     parser.add_argument("--inference_articles", type=int, default=16, help="bench_inference --num_articles")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per benchmark")
     args = parser.parse_args(argv)
@@ -69,9 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def script_flags(name: str, args: argparse.Namespace, json_path: Path) -> list[str]:
     """Command-line flags for one benchmark (``--data_dir`` and ``--json`` for all, the rest where it applies)."""
     flags = ["--data_dir", str(args.data_dir), "--json", str(json_path)]
-    if name in ("train", "inference") and args.threads:
+    if name in ("train", "inference", "prune") and args.threads:
         flags += ["--threads", str(args.threads)]
-    if name == "train" and args.train_repeats:
+    if name in ("train", "prune") and args.train_repeats:
         flags += ["--repeats", str(args.train_repeats)]
     if name == "inference":
         flags += ["--num_articles", str(args.inference_articles)]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Refresh every benchmark figure and bench/RESULTS.md:  bash bench/run_all.sh [flags of bench/run_all.py]
-#   bash bench/run_all.sh                      # training, tw_rouge and inference benchmarks (< 20 min, 2 cores)
+#   bash bench/run_all.sh                      # training, tw_rouge, inference and vocabulary-pruning benchmarks
+#                                              # (about 40-45 min on 2 cores; --only prune alone: 20-25 min)
 #   bash bench/run_all.sh --only train         # one benchmark (RESULTS.md then holds only that one)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

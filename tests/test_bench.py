@@ -15,10 +15,11 @@ import time
 import pytest
 import torch
 
-from bench import bench_inference, bench_rouge, bench_train, harness, run_all
+from bench import bench_inference, bench_prune, bench_rouge, bench_train, harness, run_all
 from conftest import REPO, TINY_MT5, read_records, write_jsonl
 
-BENCH_MODULES = ("bench.bench_train", "bench.bench_inference", "bench.bench_rouge", "bench.run_all")
+BENCH_MODULES = ("bench.bench_train", "bench.bench_inference", "bench.bench_rouge", "bench.bench_prune",
+                 "bench.run_all")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -365,12 +366,17 @@ def test_run_all_flags_are_what_each_benchmark_accepts(tmp_path):
     args = run_all.parse_args(["--data_dir", str(tmp_path), "--threads", "1", "--train_repeats", "2",
                                "--inference_articles", "5", "--json_dir", str(tmp_path)])
     parsed = {name: module.parse_args(run_all.script_flags(name, args, tmp_path / f"{name}.json"))
-              for name, module in (("train", bench_train), ("rouge", bench_rouge), ("inference", bench_inference))}
+              for name, module in (("train", bench_train), ("rouge", bench_rouge), ("inference", bench_inference),
+                                   ("prune", bench_prune))}
     for name, values in parsed.items():
         assert values.data_dir == tmp_path and values.json == tmp_path / f"{name}.json"
     assert parsed["train"].threads == 1 and parsed["train"].mt5_small_repeats == parsed["train"].tiny_repeats == 2
     assert parsed["inference"].threads == 1 and parsed["inference"].num_articles == 5
+    assert parsed["prune"].threads == 1 and parsed["prune"].repeats == 2
+    assert parsed["prune"].num_articles == bench_prune.parse_args([]).num_articles  # bench_inference's flag only
     assert set(run_all.BENCHMARKS) == set(parsed)
+    assert run_all.parse_args(["--only", "prune"]).only == ["prune"]
+    assert run_all.load_markdown_table("prune") is bench_prune.markdown_table
 
 
 # ----------------------------------------------------------------------------------------------------
