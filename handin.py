@@ -151,6 +151,23 @@ def unpack_archive(path: str | os.PathLike, dest: str | os.PathLike) -> Path:
     return dest
 
 
+def check_segmenter(name: str | None):
+    """The tw_rouge segmenter ``name`` (None: ``$TW_ROUGE_SEGMENTER``, else ckip), its data checked.
+
+    Raises:
+        ValueError: an unknown name, or ckip without its data (the message says how to get it).
+    """
+    from tw_rouge import get_segmenter
+
+    try:
+        segmenter = get_segmenter(name)
+        if hasattr(segmenter, "check_data"):
+            segmenter.check_data()
+    except FileNotFoundError as err:
+        raise ValueError(str(err)) from err
+    return segmenter
+
+
 # ----------------------------------------------------------------------------------------------- submission
 
 def check_submission(input_file: str | os.PathLike, output_file: str | os.PathLike,

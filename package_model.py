@@ -34,6 +34,7 @@ from handin import (
     DEFAULT_UNPACK_TO,
     LOCK_FILE,
     PLACEHOLDER_URL,
+    check_segmenter,
     human_bytes,
     is_placeholder_url,
     read_lock,
@@ -196,8 +197,12 @@ def package(export_dir: str, args: PackageArguments) -> dict[str, str]:
     weights, others, left_out = select_files(export)
     output = Path(args.output)
     check_output_path(output, protected=[*weights, *others, args.lock])
-    if args.reference:
-        read_jsonl(args.reference, text_column=title_config.text_column, require_summary=True)  # fail early
+    if args.reference:  # fail before the work: a bad reference file, a segmenter without its data
+        read_jsonl(args.reference, text_column=title_config.text_column, require_summary=True)
+        try:
+            check_segmenter(args.segmenter)
+        except ValueError as err:
+            raise PackageError(str(err)) from err
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".package-", dir=output.parent) as tmp:
         staged, converted = stage_export(export, weights, others, args.dtype, Path(tmp))

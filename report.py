@@ -32,6 +32,7 @@ from typing import Any, Optional, Sequence
 
 from data_io import DataError, atomic_write_text, read_jsonl
 from export import TITLE_CONFIG_FILE, ExportError, TitleConfig
+from handin import check_segmenter
 from plotting import plot_grouped_bars, plot_learning_curves, plot_run_comparison, read_metrics
 
 # (metrics key, column header, decimals); the optional ones get a column only when some row has them
@@ -485,9 +486,16 @@ def build_report(args: ReportArguments) -> Path:
         presets = load_presets(args.presets_file) if args.sweep else {}
     except (DataError, OSError, ValueError) as err:
         raise ReportError(str(err)) from err
+    runs = [r for r in (sup, rl, control) if r]
+    segmenter = args.segmenter or next((r.title_config.segmenter for r in runs
+                                        if r.title_config and r.title_config.segmenter), None) or "jieba"
+    if references:  # checked before anything is written
+        try:
+            check_segmenter(segmenter)
+        except ValueError as err:
+            raise ReportError(f"{err} (or give --segmenter jieba)") from err
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [r for r in (sup, rl, control) if r]
 
     sections = [runs_section(runs), learning_curves_section(sup, out)]
     strategies = strategies_section(sweep_rows, sweep_title, presets, runs, out)
@@ -496,8 +504,6 @@ def build_report(args: ReportArguments) -> Path:
     if rl:
         sections.append(rl_section(sup, rl, control, out))
     if references:
-        segmenter = args.segmenter or next((r.title_config.segmenter for r in runs
-                                            if r.title_config and r.title_config.segmenter), None) or "jieba"
         for section in (examples_section(runs, references, args.num_examples, args.seed),
                         length_section(runs, references, segmenter, out)):
             if section:

@@ -192,7 +192,8 @@ def test_archive_holds_only_what_prediction_loads(archive):
     assert (lock["dtype"], lock["step"], lock["generation_preset"]) == ("fp32", "7", "greedy")
 
 
-def test_packaging_is_deterministic_and_refuses_what_is_not_an_export(export, archive, tmp_path, capsys):
+def test_packaging_is_deterministic_and_refuses_what_is_not_an_export(export, archive, tmp_path, capsys,
+                                                                      monkeypatch):
     path, lock = archive
     again = package(export, tmp_path / "again.tar.gz", tmp_path / "model.lock")
     assert again["sha256"] == lock["sha256"] and (tmp_path / "again.tar.gz").read_bytes() == path.read_bytes()
@@ -210,6 +211,13 @@ def test_packaging_is_deterministic_and_refuses_what_is_not_an_export(export, ar
     assert code == 2 and "not a model directory (no config.json)" in capsys.readouterr().err
     assert not (tmp_path / "bad.tar.gz").exists() and (tmp_path / "model.lock").read_text() == lock_before
     assert not list(tmp_path.glob(".*"))  # no temp files or staging dirs
+    # a reference check that could not score is refused before anything is packed
+    monkeypatch.setenv("TW_ROUGE_CKIP_DIR", str(tmp_path / "no-ckip"))
+    ref = write_jsonl(tmp_path / "ref.jsonl", [{"id": 1, "maintext": "台北今天下雨", "title": "台北下雨"}])
+    code = package_model.main([str(export), "--output", str(tmp_path / "bad.tar.gz"), "--lock",
+                               str(tmp_path / "model.lock"), "--reference", str(ref), "--segmenter", "ckip"])
+    assert code == 2 and "ckiptagger data not found" in capsys.readouterr().err
+    assert not (tmp_path / "bad.tar.gz").exists() and (tmp_path / "model.lock").read_text() == lock_before
 
 
 def test_bf16_archive_halves_the_weights_predicts_and_records_the_rouge_change(export, archive, tmp_path, lcsts_val,
@@ -294,6 +302,21 @@ def test_a_failed_update_keeps_the_previous_model(archive, server, tmp_path):
     assert proc.returncode == 1 and "checksum mismatch" in proc.stderr
     assert {p: p.read_bytes() for p in (root / "models" / "title-model").iterdir()} == before
     assert {p.name for p in (root / "models").iterdir()} == {"title-model"}
+
+
+def test_too_little_disk_space_is_refused_before_downloading(archive, server, tmp_path):
+    path, lock = archive
+    server.routes["/m.tar.gz"] = (path.read_bytes(), "ok")
+    root = mini_root(tmp_path, _good_lock(archive, server.url("/m.tar.gz")))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_df = bin_dir / "df"  # a disk with 1 MB free
+    fake_df.write_text("#!/usr/bin/env bash\necho 'Filesystem 1024-blocks Used Available Capacity Mounted on'\n"
+                       "echo '/dev/x 100000 99000 1000 99% /'\n")
+    fake_df.chmod(0o755)
+    proc = bash(root / "download.sh", PATH=f"{bin_dir}:{os.environ['PATH']}")
+    assert proc.returncode == 1 and "not enough free disk space" in proc.stderr and "0 MB free" in proc.stderr
+    assert server.requests == [] and files_under(root) == {"download.sh", "model.lock"}
 
 
 def test_wget_and_a_google_drive_link_through_gdown(archive, server, tmp_path):
@@ -616,7 +639,8 @@ def test_report_length_buckets_score_each_pair_and_add_up_to_the_exports_scores(
             assert close(rows["11-15"][f"{label} R-1"], 100 * scores["rouge-1"]["f"], 2)
 
 
-def test_report_drops_the_sections_of_inputs_not_given_and_refuses_a_missing_one(runs, tmp_path, capsys):
+def test_report_drops_the_sections_of_inputs_not_given_and_refuses_a_missing_one(runs, tmp_path, capsys,
+                                                                                 monkeypatch):
     assert report.main(["--run", str(runs / "sup"), "--output_dir", str(tmp_path / "r")]) == 0
     text = (tmp_path / "r" / "report.md").read_text(encoding="utf-8")
     assert "## Learning curves" in text and "## Decoding strategies" in text  # training's selection is in best/
@@ -626,3 +650,7 @@ def test_report_drops_the_sections_of_inputs_not_given_and_refuses_a_missing_one
     assert report.main(["--run", str(runs / "sup"), "--sweep", str(tmp_path / "nope"),
                         "--output_dir", str(tmp_path / "r2")]) == 2
     assert "no sweep.csv" in capsys.readouterr().err and not (tmp_path / "r2").exists()
+    monkeypatch.setenv("TW_ROUGE_CKIP_DIR", str(tmp_path / "no-ckip"))
+    assert report.main(["--run", str(runs / "sup"), "--reference", str(runs / "val.jsonl"), "--segmenter", "ckip",
+                        "--output_dir", str(tmp_path / "r3")]) == 2
+    assert "ckiptagger data not found" in capsys.readouterr().err and not (tmp_path / "r3").exists()
