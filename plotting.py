@@ -1,4 +1,5 @@
-"""Learning-curve PNG from ``metrics.jsonl``: training loss, eval ROUGE and (RL stage) rewards vs step."""
+"""Figures: the learning curve from ``metrics.jsonl`` (training loss, eval ROUGE and RL rewards vs step), and the
+report's run comparisons and grouped bar charts (``report.py``)."""
 
 from __future__ import annotations
 
@@ -69,3 +70,57 @@ def save_figure_atomic(fig, path: str | os.PathLike, dpi: int = 100) -> None:
             fig.savefig(f, format="png", dpi=dpi)
     finally:
         plt.close(fig)
+
+
+def plot_run_comparison(panels: list[tuple[str, str, list[tuple[str, list[int], list[float]]]]],
+                        out_png: str | os.PathLike, hlines: dict[str, tuple[str, float]] | None = None) -> None:
+    """One panel per ``(title, ylabel, [(label, steps, values), ...])``, curves against the optimizer step;
+    ``hlines`` maps a panel title to a ``(label, value)`` drawn as a dashed horizontal line (e.g. the
+    supervised start). Written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (title, ylabel, curves) in zip(axes[0], panels):
+        for label, xs, ys in curves:
+            if xs:
+                ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
+        if hlines and title in hlines:
+            label, value = hlines[title]
+            ax.axhline(value, color="grey", linestyle="--", linewidth=1, label=label)
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure_atomic(fig, out_png)
+
+
+def plot_grouped_bars(groups: list[str], panels: list[tuple[str, dict[str, list[float]]]], xlabel: str,
+                      ylabel: str, out_png: str | os.PathLike) -> None:
+    """One panel per ``(title, {series label: one value per group})``: bars grouped by ``groups``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(5, 1.2 * len(groups) + 2) * len(panels) / 1.5, 3.8),
+                             squeeze=False)
+    for ax, (title, series) in zip(axes[0], panels):
+        width = 0.8 / max(len(series), 1)
+        for k, (label, values) in enumerate(series.items()):
+            offset = (k - (len(series) - 1) / 2) * width
+            ax.bar([i + offset for i in range(len(groups))], values, width, label=label)
+        ax.set_xticks(range(len(groups)), groups)
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, axis="y")
+        if len(series) > 1:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure_atomic(fig, out_png)

@@ -291,6 +291,12 @@ class TitleEngine:
         if bf16 is None:
             bf16 = self.device.startswith("cuda") and torch.cuda.is_bf16_supported()
         self.bf16 = bool(bf16)
+        stored = self.model.dtype
+        # from_pretrained keeps the stored dtype (a bf16 archive from package_model.py loads as bf16). Compute in
+        # float32 unless bf16 autocast runs on CUDA anyway: CPU bf16 kernels are slow, and T5 overflows in fp16.
+        if stored != torch.float32 and not (self.bf16 and self.device.startswith("cuda") and stored == torch.bfloat16):
+            self.model.float()
+            logger.info("weights stored as %s, computing in float32", stored)
         logger.info("backend hf on %s%s, %d threads", self.device, " (bf16)" if self.bf16 else "",
                     torch.get_num_threads())
 
