@@ -301,6 +301,10 @@ def check_args(args: Args) -> None:
         need(bool(m.config_name or m.model_name_or_path), "give --model_name_or_path or --config_name")
     if m.config_name:
         need(Path(m.config_name).is_file(), f"--config_name {m.config_name}: file not found")
+    elif m.model_name_or_path and looks_local(m.model_name_or_path):
+        need(Path(m.model_name_or_path, "config.json").is_file(),
+             f"--model_name_or_path {m.model_name_or_path}: not a save_pretrained export (no config.json)"
+             + (PRETRAIN_HINT if "tiny-cpu-pretrain" in m.model_name_or_path else ""))
     if r.rl_from is not None:
         need(Path(r.rl_from, "config.json").is_file(),
              f"--rl_from {r.rl_from}: not a save_pretrained export (no config.json)")
@@ -416,10 +420,21 @@ def output_dir_problems(t: "TrainArguments") -> list[str]:
     return []
 
 
+PRETRAIN_HINT = ("; configs/tiny-cpu.json fine-tunes the demo's pretrained model: run its stage 1 first, "
+                 "bash train.sh configs/pretrain-tiny-cpu.json (or both stages: bash scripts/demo.sh)")
+
+
+def looks_local(name: str) -> bool:
+    """Whether ``--model_name_or_path`` names a local directory rather than a hub id (``org/name``): it
+    exists, starts with ``.``, ``/`` or ``~``, or has more than one ``/``."""
+    return Path(name).exists() or name.startswith((".", "/", "~")) or name.count("/") > 1
+
+
 MISSING_DATA_HINT = (
     "The homework data goes in data/train.jsonl and data/public.jsonl (or pass --train_file and "
     "--validation_file).\nTo try the whole pipeline offline on the sample data shipped in data/sample/:\n"
-    "    bash train.sh configs/tiny-cpu.json")
+    "    bash scripts/demo.sh\n(its two stages: bash train.sh configs/pretrain-tiny-cpu.json, then "
+    "bash train.sh configs/tiny-cpu.json)")
 
 
 def selection_presets(e: "EvalArguments") -> list[str]:

@@ -173,7 +173,24 @@ def test_every_shipped_training_preset_passes_the_checks(tmp_path, tiny_model_di
         argv = [str(preset), "--train_file", sample, "--validation_file", sample, "--output_dir", str(tmp_path)]
         if preset.name.startswith("rl-"):
             argv += ["--rl_from", str(tiny_model_dir)]
+        if str(raw.get("model_name_or_path", "")).startswith("outputs/"):  # a stage's own earlier export
+            argv += ["--model_name_or_path", str(tiny_model_dir)]
         check_args(parse_args(argv))  # raises ArgumentError naming the flag if a value is invalid
+
+
+def test_demo_stage_two_without_stage_one_says_what_to_run(tmp_path):
+    """configs/tiny-cpu.json fine-tunes the demo's pretrained export: when that export is missing, the error
+    names it and the command that makes it; a hub id (org/name) is not taken for a local path."""
+    from conftest import data_file
+    from parse_arg import looks_local
+
+    sample = str(data_file("lcsts_val.jsonl"))
+    argv = [str(REPO / "configs" / "tiny-cpu.json"), "--train_file", sample, "--validation_file", sample,
+            "--output_dir", str(tmp_path / "out"), "--model_name_or_path", str(tmp_path / "tiny-cpu-pretrain/best")]
+    with pytest.raises(ArgumentError, match="no config.json.*bash train.sh configs/pretrain-tiny-cpu.json"):
+        check_args(parse_args(argv))
+    assert looks_local("outputs/tiny-cpu-pretrain/best") and looks_local("./m") and looks_local(str(tmp_path))
+    assert not looks_local("google/mt5-small")
 
 
 def test_preset_then_cli_override_order(tmp_path):
