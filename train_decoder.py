@@ -32,18 +32,22 @@ from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from data_io import DataError, atomic_write_text, read_jsonl, write_jsonl_atomic
+from data_io import DataError, atomic_write_text, read_jsonl, split_by_id, write_jsonl_atomic
 from export import (
+    MODEL_CARD_FILE,
+    PROMPT_ADAPTER_DIR,
     ExportError,
     TitleConfig,
     TrainingState,
     checkpoint_hyperparameters,
     load_checkpoint,
+    load_model,
     resolve_checkpoint,
     save_checkpoint,
     write_export,
 )
 from generation import generate_titles, load_presets, resolve_generation_config
+from model_card import CardFacts, build_model_card
 from modeling import (
     VocabularySizeError,
     count_parameters,
@@ -104,7 +108,7 @@ def prune_vocabulary(args: Args, accelerator: Accelerator) -> None:
     if accelerator.is_main_process and not (out / PRUNE_INFO).is_file():
         m, d = args.model, args.data
         try:
-            info = prune_export(m.model_name_or_path, [d.train_file, d.validation_file], out,
+            info = prune_export(m.model_name_or_path, [f for f in (d.train_file, d.validation_file) if f], out,
                                 text_columns=(d.text_column, d.summary_column), keep_top=m.prune_keep_top,
                                 min_count=m.prune_min_count, overwrite=True)
         except (PruneError, DataError) as err:
@@ -139,7 +143,7 @@ def get_tokenizer_for_run(args: Args, texts: list[str], accelerator: Accelerator
 
 def get_model_for_run(args: Args, tokenizer) -> torch.nn.Module:
     """The model to train: the RL export, a random one from ``--config_name``, or a pretrained one;
-    with freezing, LoRA and gradient checkpointing applied.
+    with freezing, gradient checkpointing and ``--peft_method`` (LoRA or prompt tuning) applied.
 
     Raises:
         ArgumentError: the tokenizer has more tokens than the model has embedding rows.
@@ -159,12 +163,30 @@ def get_model_for_run(args: Args, tokenizer) -> torch.nn.Module:
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    if m.use_lora:
-        from peft import LoraConfig, TaskType, get_peft_model  # optional dependency, loaded when asked for
+    if m.peft_method != "none":
+        from peft import get_peft_model  # optional dependency, loaded when asked for
 
-        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=m.lora_r, lora_alpha=m.lora_alpha,
-                                                 lora_dropout=m.lora_dropout, target_modules=m.lora_target_modules))
+        model = get_peft_model(model, peft_config(args, tokenizer))
     return model
+
+
+def peft_config(args: Args, tokenizer):
+    """peft's ``LoraConfig`` or ``PromptTuningConfig`` (task SEQ_2_SEQ_LM) for ``--peft_method``. The soft
+    prompt goes before the encoder's input only (``num_transformer_submodules=1``: peft's seq2seq prompt
+    tuning never feeds a decoder prompt, whose rows would be trained for nothing); text initialisation
+    tokenizes ``--prompt_tuning_init_text`` with the run's tokenizer (peft loads it by its path)."""
+    from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, TaskType
+
+    m = args.model
+    if m.peft_method == "lora":
+        return LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=m.lora_r, lora_alpha=m.lora_alpha,
+                          lora_dropout=m.lora_dropout, target_modules=m.lora_target_modules)
+    text = m.prompt_tuning_init == "text"
+    return PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=m.num_virtual_tokens,
+                              num_transformer_submodules=1,
+                              prompt_tuning_init=PromptTuningInit.TEXT if text else PromptTuningInit.RANDOM,
+                              prompt_tuning_init_text=m.prompt_tuning_init_text if text else None,
+                              tokenizer_name_or_path=tokenizer.name_or_path if text else None)
 
 
 def get_collator(args: Args, tokenizer) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
@@ -413,6 +435,7 @@ class Trainer:
         self.run_started = time.time() - self.state.elapsed_s
         if self.state.completed_steps == 0 and (self.args.train.eval_on_start or self.args.rl.rl_from):
             self.evaluate()  # the starting score (RL and its control: the supervised model's), before step 1
+        self.maybe_stop_early()  # a run resumed from the checkpoint early stopping left has nothing more to do
         self.model.train()
         while self.state.completed_steps < self.stop_at:
             self.run_epoch()
@@ -471,11 +494,12 @@ class Trainer:
         self.state.epoch += 1
         self.state.batches_in_epoch = 0
         self.maybe_evaluate(epoch_end=True)
+        self.maybe_stop_early()
 
     def finish(self) -> None:
         """Always score the final model, and leave a checkpoint of it (when checkpoints are on)."""
         self.check_finite()
-        if self.last_eval_step != self.state.completed_steps:
+        if self.last_eval_step != self.state.completed_steps and self.state.stopped_early_at is None:
             self.evaluate()
         if self.args.train.save_steps and self.last_save_step != self.state.completed_steps:
             self.save_checkpoint()
@@ -503,7 +527,9 @@ class Trainer:
         return bool(self.accelerator.reduce(flag, reduction="sum").item())  # a sync per step, multi-process only
 
     def maybe_stop(self) -> None:
-        """After a SIGTERM/SIGINT: a checkpoint of this step, then :class:`TrainingInterrupted`."""
+        """Early stopping (:meth:`maybe_stop_early`); after a SIGTERM/SIGINT: a checkpoint of this step, then
+        :class:`TrainingInterrupted`."""
+        self.maybe_stop_early()
         if not self.stop_requested():
             return
         self.check_finite()
@@ -512,6 +538,21 @@ class Trainer:
         signum = (self.stop_signals.received if self.stop_signals and self.stop_signals.received else signal.SIGTERM)
         raise TrainingInterrupted(signum, self.state.completed_steps,
                                   self.output_dir / "checkpoints" / f"step_{self.state.completed_steps}")
+
+    def maybe_stop_early(self) -> None:
+        """``--early_stopping_patience N``: end training at this step once N evaluations in a row brought no
+        improvement (counted in the state by :meth:`count_improvement`; the loop ends, then :meth:`finish`
+        saves the last checkpoint). Logged once, with the step and the best step."""
+        patience, state = self.args.train.early_stopping_patience, self.state
+        if not patience or state.evaluations_without_improvement < patience:
+            return
+        if state.stopped_early_at is None:
+            state.stopped_early_at = state.completed_steps
+            logger.info("early stopping at step %d: %d evaluations without an improvement of %s by more than %g; "
+                        "best %.4g at step %s", state.completed_steps, state.evaluations_without_improvement,
+                        self.args.train.metric_for_best_model, self.args.train.early_stopping_threshold,
+                        state.best_metric, state.best_step)
+        self.stop_at = min(self.stop_at, state.completed_steps)
 
     # ---- after-step helpers: each decides whether it is due
     def maybe_log(self) -> None:
@@ -560,6 +601,7 @@ class Trainer:
         metrics["eval/seconds"] = time.time() - started
         self.last_eval_step = self.state.completed_steps
         self.log({"step": self.state.completed_steps, "epoch": self.epoch_progress(), **metrics})
+        self.count_improvement(metrics)
         if self.is_new_best(metrics):
             self.export_best(preds, metrics)
         if preds is not None:
@@ -624,6 +666,16 @@ class Trainer:
             return True
         return score < than if self.args.train.metric_for_best_model == "loss" else score > than
 
+    def count_improvement(self, metrics: dict[str, float]) -> None:
+        """Count the evaluations in a row that did not beat the best so far by more than
+        ``--early_stopping_threshold`` (in the state: a resumed run keeps counting). Call before
+        :meth:`is_new_best` updates the best."""
+        t, best = self.args.train, self.state.best_metric
+        score = metrics[f"eval/{t.metric_for_best_model}"]
+        margin = -t.early_stopping_threshold if t.metric_for_best_model == "loss" else t.early_stopping_threshold
+        improved = best is None or self.better(score, best + margin)
+        self.state.evaluations_without_improvement = 0 if improved else self.state.evaluations_without_improvement + 1
+
     def is_new_best(self, metrics: dict[str, float]) -> bool:
         """Record ``metrics`` as the best so far when they beat it on ``--metric_for_best_model``."""
         score = metrics[f"eval/{self.args.train.metric_for_best_model}"]
@@ -663,9 +715,24 @@ class Trainer:
             metrics={k: v for k, v in metrics.items() if k != "eval/seconds"})
 
     def exportable_model(self):
-        """The unwrapped model; with LoRA, a merged copy (the export is a plain model)."""
+        """The unwrapped model; with LoRA, a merged copy (the export is a plain model); with prompt tuning,
+        the peft model (``write_export`` saves its base and the soft prompt beside it)."""
         model = self.accelerator.unwrap_model(self.model)
-        return copy.deepcopy(model).merge_and_unload() if self.args.model.use_lora else model
+        return copy.deepcopy(model).merge_and_unload() if self.args.model.peft_method == "lora" else model
+
+    def model_card(self, title_config: TitleConfig) -> str:
+        """``best/README.md`` for the export described by ``title_config`` (``model_card.py``)."""
+        m = self.args.model
+        options = {k: v for group in self.args.to_dict().values() for k, v in group.items()}
+        tokenizer = m.tokenizer_name or (None if m.config_name else pretrained_source(self.args))
+        described = (f"`{tokenizer}`" if tokenizer else f"a sentencepiece unigram model trained on the training "
+                     f"texts (`{self.output_dir / 'tokenizer'}`)") + f", {len(self.tokenizer):,} tokens"
+        return build_model_card(CardFacts(
+            name=str(self.output_dir / "best"), title_config=title_config, options=options, command=self.args.argv,
+            train_records=len(self.train_records), validation_records=len(self.eval_records),
+            validation_source=validation_source(self.args), tokenizer=described,
+            parameters=count_parameters(self.accelerator.unwrap_model(self.model)),
+            steps_trained=self.state.completed_steps, stopped_early_at=self.state.stopped_early_at))
 
     def export_best(self, preds: list[str], metrics: dict[str, float]) -> None:
         """Write ``OUTPUT_DIR/best`` (:func:`export.write_export`): model, tokenizer, the evaluation
@@ -673,8 +740,11 @@ class Trainer:
         acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
+            title_config = self.title_config(metrics)
+            title_config.prompt_adapter = PROMPT_ADAPTER_DIR if self.args.model.peft_method == "prompt_tuning" else None
             final = write_export(self.output_dir / "best", self.exportable_model(), self.tokenizer,
-                                 self.eval_generation_config, self.title_config(metrics), self.prediction_rows(preds))
+                                 self.eval_generation_config, title_config, self.prediction_rows(preds),
+                                 model_card=self.model_card(title_config))
             logger.info("new best %s = %.3f at step %d -> %s", self.args.train.metric_for_best_model,
                         self.state.best_metric, self.state.completed_steps, final)
         acc.wait_for_everyone()
@@ -690,7 +760,7 @@ class Trainer:
         if not names or not (best / "config.json").exists() or self.eval_dataset is not None:
             return None
         key = f"eval/{self.args.train.metric_for_best_model}"
-        model = get_model(str(best)).to(self.accelerator.device).eval()
+        model = load_model(best).to(self.accelerator.device)  # with a prompt-tuned export's soft prompt
         scores, titles, configs = {}, {}, {}
         for name in names:
             configs[name] = self.generation_config(name)
@@ -714,17 +784,19 @@ class Trainer:
                          f"{m['eval/rouge-l']:.2f} | {m['eval/rouge-sum']:.2f} | {m['eval/gen_len']:.1f} | "
                          f"{m['eval/distinct_titles']:.0%} | {m['eval/seconds']:.0f} |")
         table = "\n".join(lines)
-        logger.info("decoding presets on %s (segmenter %s), best/ of step %s:\n%s", self.args.data.validation_file,
+        logger.info("decoding presets on %s (segmenter %s), best/ of step %s:\n%s", validation_source(self.args),
                     self.segmenter.name, self.state.best_step, table)
         exported = TitleConfig.load(best)
         exported.generation_preset = winner
         exported.generation_preset_reason = (f"selected after training: the best {key[5:]} on "
-                                             f"{Path(self.args.data.validation_file).name} among {', '.join(scores)}")
+                                             f"{validation_source(self.args, short=True)} among "
+                                             f"{', '.join(scores)}")
         exported.preset_scores = {name: {k: v for k, v in m.items() if k != "eval/seconds"}
                                   for name, m in scores.items()}
         exported.metrics = exported.preset_scores[winner]
         atomic_write_text(best / "generation_config.json", config.to_json_string())
         exported.save(best)
+        atomic_write_text(best / MODEL_CARD_FILE, self.model_card(exported))  # the card names the new strategy
         write_jsonl_atomic(best / "eval_predictions.jsonl", self.prediction_rows(titles))
         atomic_write_text(self.output_dir / "preset_selection.md", f"# Decoding presets on the validation set\n\n"
                           f"{table}\n\nSelected: **{winner}** (by {key[5:]}; segmenter {self.segmenter.name}).\n")
@@ -809,9 +881,11 @@ class Trainer:
 
 
 def make_accelerator(args: Args) -> Accelerator:
+    """The run's ``Accelerator`` (``--torch_compile``: prepare wraps the model with torch.compile, inductor;
+    ``check_args`` has refused it without CUDA), seeded."""
     t = args.train
     accelerator = Accelerator(gradient_accumulation_steps=t.gradient_accumulation_steps,
-                              mixed_precision=t.mixed_precision,
+                              mixed_precision=t.mixed_precision, dynamo_backend="inductor" if t.torch_compile else "no",
                               log_with=t.report_to.split(",") if t.report_to else None, project_dir=t.output_dir)
     set_seed(t.seed)
     if accelerator.device.type == "cpu":
@@ -877,13 +951,43 @@ def load_records(args: Args) -> tuple[list[dict], list[dict]]:
     """
     d = args.data
     train = read_jsonl(d.train_file, text_column=d.text_column, summary_column=d.summary_column)
-    validation = read_jsonl(d.validation_file, text_column=d.text_column, summary_column=d.summary_column,
-                            allow_empty_text=True)
     if not train:
         raise DataError(d.train_file, "no training pairs in the file")
+    if d.validation_split_percentage > 0:
+        train, validation = split_validation(args, train)
+    else:
+        validation = read_jsonl(d.validation_file, text_column=d.text_column, summary_column=d.summary_column,
+                                allow_empty_text=True)
     if not validation:
         raise DataError(d.validation_file, "no validation pairs in the file")
     return train[: d.max_train_samples or None], validation[: d.max_eval_samples or None]
+
+
+def split_validation(args: Args, records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """``--validation_split_percentage``: ``data_io.split_by_id`` of the training file by ``--seed``
+    (before ``--max_train_samples`` cuts the training side), both sizes logged.
+
+    Raises:
+        DataError: too few distinct ids to split.
+    """
+    d = args.data
+    try:
+        train, validation = split_by_id(records, d.validation_split_percentage, args.train.seed)
+    except ValueError as err:
+        raise DataError(d.train_file, f"--validation_split_percentage: {err}") from err
+    logger.info("validation split: %d of %d articles of %s held out for validation (%g%% of the ids, seed %d), "
+                "%d left for training", len(validation), len(records), d.train_file, d.validation_split_percentage,
+                args.train.seed, len(train))
+    return train, validation
+
+
+def validation_source(args: Args, short: bool = False) -> str:
+    """Where the validation articles come from, in words (``short``: for a sentence)."""
+    d = args.data
+    if d.validation_split_percentage <= 0:
+        return Path(d.validation_file).name if short else f"`{d.validation_file}`"
+    split = f"{d.validation_split_percentage:g}% of {Path(d.train_file).name}"
+    return split if short else f"{split} held out by id (seed {args.train.seed}; never trained on)"
 
 
 def plan_steps(args: Args, batches_per_process: int) -> tuple[int, int, int]:
