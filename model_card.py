@@ -155,14 +155,14 @@ def scores(facts: CardFacts) -> list[str]:
 
 
 def usage(facts: CardFacts) -> list[str]:
-    backends = ("`--backend hf` only: CTranslate2 cannot represent a soft prompt" if facts.title_config.prompt_adapter
-                else "add `--backend ct2` for CTranslate2 (faster on CPU)")
+    backends = ("with `--backend hf` only: CTranslate2 cannot represent a soft prompt"
+                if facts.title_config.prompt_adapter else "`--backend ct2` decodes with CTranslate2, faster on CPU")
     return ["## How to use", "", "```bash",
             f"bash run.sh input.jsonl output.jsonl {facts.name}",
             f"python predict.py --model_dir {facts.name} --input_file input.jsonl --output_file output.jsonl",
             "```", "",
             f"Input: JSON lines with `id` and `maintext`; output: one `{{\"title\", \"id\"}}` line per article. "
-            f"predict.py loads the export with `export.load_model` ({backends}).", ""]
+            f"predict.py loads the export with `export.load_model`; {backends}.", ""]
 
 
 def build_model_card(facts: CardFacts) -> str:
