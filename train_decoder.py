@@ -373,11 +373,16 @@ class Trainer:
         self.stop_signals: StopSignals | None = None  # set by main() while it trains
         self.eval_dataset: CorruptedTexts | None = None  # a pretraining objective's validation data
 
+    def unwrapped_model(self):
+        """The model without Accelerate's wrappers, and without torch.compile's (``--torch_compile``):
+        generation, export and counting use the plain module, which shares the compiled one's weights."""
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+
     def generation_config(self, preset: str):
         """The preset's ``GenerationConfig`` over the model's special-token ids, ``max_new_tokens`` = the
         evaluation limit."""
         max_new = self.args.eval.eval_max_new_tokens or self.args.data.max_target_length
-        base = self.accelerator.unwrap_model(self.model).generation_config
+        base = self.unwrapped_model().generation_config
         return resolve_generation_config(base, preset, {"max_new_tokens": max_new}, self.presets)
 
     def build_rl_setup(self) -> RLSetup:
@@ -419,7 +424,7 @@ class Trainer:
             self.model, batch, self.tokenizer, self.rl.reward_fn, sources=[x[d.text_column] for x in records],
             references=[x[d.summary_column] for x in records], num_samples=r.rl_num_samples,
             rollout_config=self.rl.rollout_config, baseline_config=self.rl.baseline_config,
-            generate_model=self.accelerator.unwrap_model(self.model), reference_model=self.rl.reference_model,
+            generate_model=self.unwrapped_model(), reference_model=self.rl.reference_model,
             baseline=r.rl_baseline, normalize=r.rl_normalize)
         self.window.rl_stats.append(step.stats)
         ml_loss = self.supervised_loss(batch) if r.rl_gamma < 1 else None  # no teacher-forced pass for pure RL
@@ -614,7 +619,7 @@ class Trainer:
     def validation_loss(self) -> float:
         """Mean teacher-forced cross-entropy per target token of the corrupted validation texts (a
         pretraining objective's validation score; shards across processes, summed exactly)."""
-        acc, model = self.accelerator, self.accelerator.unwrap_model(self.model)
+        acc, model = self.accelerator, self.unwrapped_model()
         model.eval()
         collate = IndexedSeq2SeqCollator(self.tokenizer)
         size = self.args.train.per_device_eval_batch_size
@@ -637,7 +642,7 @@ class Trainer:
         ``generation_config``, default the evaluation preset), generated in shards across processes, in
         input order."""
         acc, d = self.accelerator, self.args.data
-        model = model if model is not None else acc.unwrap_model(self.model)
+        model = model if model is not None else self.unwrapped_model()
         texts = [r[d.text_column] for r in self.eval_records]
         with acc.split_between_processes(list(range(len(texts)))) as shard:
             local = generate_titles(model, self.tokenizer, [texts[i] for i in shard],
@@ -717,7 +722,7 @@ class Trainer:
     def exportable_model(self):
         """The unwrapped model; with LoRA, a merged copy (the export is a plain model); with prompt tuning,
         the peft model (``write_export`` saves its base and the soft prompt beside it)."""
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.unwrapped_model()
         return copy.deepcopy(model).merge_and_unload() if self.args.model.peft_method == "lora" else model
 
     def model_card(self, title_config: TitleConfig) -> str:
@@ -731,7 +736,7 @@ class Trainer:
             name=str(self.output_dir / "best"), title_config=title_config, options=options, command=self.args.argv,
             train_records=len(self.train_records), validation_records=len(self.eval_records),
             validation_source=validation_source(self.args), tokenizer=described,
-            parameters=count_parameters(self.accelerator.unwrap_model(self.model)),
+            parameters=count_parameters(self.unwrapped_model()),
             steps_trained=self.state.completed_steps, stopped_early_at=self.state.stopped_early_at))
 
     def export_best(self, preds: list[str], metrics: dict[str, float]) -> None:
@@ -1002,7 +1007,7 @@ def log_banner(trainer: Trainer, example: dict, steps_per_epoch: int, warmup: in
     """The start banner: what is trained, on what, for how long, with one decoded training example."""
     args, acc = trainer.args, trainer.accelerator
     t = args.train
-    total, trainable = count_parameters(acc.unwrap_model(trainer.model))
+    total, trainable = count_parameters(trainer.unwrapped_model())
     logger.info("***** %s *****", "RL stage (self-critical)" if args.rl.rl_from else "supervised training")
     logger.info("  parameters: %s total, %s trainable", f"{total:,}", f"{trainable:,}")
     logger.info("  examples: %d train, %d validation; %d steps/epoch", len(trainer.train_records),

@@ -115,6 +115,12 @@ def test_ct2_backend_refuses_a_prompt_tuned_export(tmp_path, tiny_model_dir, cap
         err = capsys.readouterr().err
         assert "CTranslate2 cannot represent a soft prompt" in err and "use --backend hf" in err
     assert not (tmp_path / "o.jsonl").exists() and not any(export.glob("ct2-*"))
+    import package_model  # the archive holds flat files: it would leave the prompt behind
+
+    assert package_model.main([str(export), "--output", str(tmp_path / "m.tar.gz"), "--lock",
+                               str(tmp_path / "model.lock")]) == 2
+    assert "a prompt-tuned export keeps its soft prompt" in capsys.readouterr().err
+    assert not (tmp_path / "m.tar.gz").exists()
     shutil.rmtree(export / "prompt_adapter")  # a copy that lost its prompt is refused, not decoded without it
     assert predict.main(["--model_dir", str(export), "--input_file", str(inp), "--output_file",
                          str(tmp_path / "o.jsonl")]) == 2
@@ -197,6 +203,8 @@ def test_resume_refuses_a_changed_split(tiny_run):
     changed = resume_differences(saved, parse_args(base + ["--validation_split_percentage", "20"]))
     assert changed["refused"] == ["validation_split_percentage: 25.0 -> 20.0"]
     assert resume_differences(saved, parse_args(base + ["--seed", "1"]))["refused"] == ["seed: 42 -> 1"]
+    prompt = resume_differences(saved, parse_args(base + ["--peft_method", "prompt_tuning"]))
+    assert prompt["refused"] == ["peft_method: 'none' -> 'prompt_tuning'"]
     plain = tiny_run(n_train=8)  # without a split a new seed only changes the data order
     changed = resume_differences(parse_args(plain).to_dict(), parse_args(plain + ["--seed", "1"]))
     assert changed["not_exact"] == ["seed: 42 -> 1"] and not changed["refused"]
@@ -309,3 +317,30 @@ def test_torch_compile_is_refused_without_cuda(tiny_run, capsys, monkeypatch):
     assert "--torch_compile needs a CUDA GPU" in err and "does not help" in err
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # with CUDA the flag is accepted
     check_args(parse_args(tiny_run(n_train=4) + ["--torch_compile", "true"]))
+
+
+def test_prompt_tuning_a_pruned_model(tiny_model_dir, lcsts_train, tmp_path, tiny_tokenizer, capsys):
+    """--prune_vocabulary then --peft_method prompt_tuning: the soft prompt is trained on the pruned model,
+    and its export predicts; prune_vocab.py refuses a prompt-tuned export (its prompt would be left behind)."""
+    import prune_vocab
+
+    train = write_jsonl(tmp_path / "train.jsonl", lcsts_train[:24])
+    out = tmp_path / "run"
+    argv = ["--model_name_or_path", str(tiny_model_dir), "--prune_vocabulary", "true", "--train_file", str(train),
+            "--validation_split_percentage", "25", "--output_dir", str(out), "--segmenter", "char",
+            "--max_train_steps", "3", "--max_source_length", "64", "--max_target_length", "16", "--save_steps", "0",
+            "--eval_every_epoch", "false", "--peft_method", "prompt_tuning", "--num_virtual_tokens", "4", *FAST]
+    assert train_decoder.main(argv) == 0
+    info = json.loads((out / "pruned_model" / "prune_info.json").read_text(encoding="utf-8"))
+    best = out / "best"
+    model = load_model(best)
+    assert model.get_base_model().config.vocab_size == info["kept_rows"] < len(tiny_tokenizer)
+    assert model.prompt_encoder["default"].embedding.weight.shape == (4, TINY_MT5["d_model"])
+    inp = write_jsonl(tmp_path / "in.jsonl", [{"id": r["id"], "maintext": r["maintext"]} for r in lcsts_train[:3]])
+    assert predict.main(["--model_dir", str(best), "--input_file", str(inp), "--output_file",
+                         str(tmp_path / "o.jsonl")]) == 0
+    assert len(read_jsonl(tmp_path / "o.jsonl")) == 3
+    capsys.readouterr()
+    assert prune_vocab.main(["--model_name_or_path", str(best), "--corpus", str(train), "--output_dir",
+                             str(tmp_path / "pruned_again")]) == 2
+    assert "prune the pretrained model before prompt tuning" in capsys.readouterr().err
