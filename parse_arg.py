@@ -91,6 +91,11 @@ class ModelArguments:
     prune_min_count: int = field(
         default=1, metadata={"help": "With --prune_vocabulary: keep corpus pieces seen at least this often."})
 
+    @property
+    def peft(self) -> str:
+        """``--peft_method`` with ``--use_lora`` as its alias (``check_args`` also writes it back)."""
+        return "lora" if self.use_lora and self.peft_method == "none" else self.peft_method
+
 
 @dataclass
 class DataArguments:

@@ -163,7 +163,7 @@ def get_model_for_run(args: Args, tokenizer) -> torch.nn.Module:
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    if m.peft_method != "none":
+    if m.peft != "none":
         from peft import get_peft_model  # optional dependency, loaded when asked for
 
         model = get_peft_model(model, peft_config(args, tokenizer))
@@ -178,7 +178,7 @@ def peft_config(args: Args, tokenizer):
     from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, TaskType
 
     m = args.model
-    if m.peft_method == "lora":
+    if m.peft == "lora":
         return LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=m.lora_r, lora_alpha=m.lora_alpha,
                           lora_dropout=m.lora_dropout, target_modules=m.lora_target_modules)
     text = m.prompt_tuning_init == "text"
@@ -723,7 +723,7 @@ class Trainer:
         """The unwrapped model; with LoRA, a merged copy (the export is a plain model); with prompt tuning,
         the peft model (``write_export`` saves its base and the soft prompt beside it)."""
         model = self.unwrapped_model()
-        return copy.deepcopy(model).merge_and_unload() if self.args.model.peft_method == "lora" else model
+        return copy.deepcopy(model).merge_and_unload() if self.args.model.peft == "lora" else model
 
     def model_card(self, title_config: TitleConfig) -> str:
         """``best/README.md`` for the export described by ``title_config`` (``model_card.py``)."""
@@ -746,7 +746,7 @@ class Trainer:
         acc.wait_for_everyone()
         if acc.is_main_process:
             title_config = self.title_config(metrics)
-            title_config.prompt_adapter = PROMPT_ADAPTER_DIR if self.args.model.peft_method == "prompt_tuning" else None
+            title_config.prompt_adapter = PROMPT_ADAPTER_DIR if self.args.model.peft == "prompt_tuning" else None
             final = write_export(self.output_dir / "best", self.exportable_model(), self.tokenizer,
                                  self.eval_generation_config, title_config, self.prediction_rows(preds),
                                  model_card=self.model_card(title_config))
