@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import torch
 
-from export import TOKENIZER_FILES, WEIGHT_FILES
+from export import PROMPT_ADAPTER_DIR, TOKENIZER_FILES, WEIGHT_FILES
 from generation import clean_title, length_sorted_batches
 
 logger = logging.getLogger(__name__)
@@ -200,12 +200,16 @@ def convert_export(
 
     Raises:
         OSError: the cache directory cannot be written.
-        ValueError / RuntimeError: the converter's errors (unsupported model, mismatched tokenizer).
+        ValueError / RuntimeError: the converter's errors (unsupported model, mismatched tokenizer), or a
+            prompt-tuned export (a soft prompt has no CTranslate2 form).
     """
     import ctranslate2
     import transformers
 
     model_dir = Path(model_dir)
+    if (model_dir / PROMPT_ADAPTER_DIR).is_dir():
+        raise ValueError(f"{model_dir} is a prompt-tuned export: CTranslate2 cannot represent its soft prompt "
+                         f"({PROMPT_ADAPTER_DIR}/); decode it with transformers (predict.py --backend hf)")
     target = Path(output_dir) if output_dir else default_ct2_dir(model_dir, quantization)
     if not force and is_fresh(target, model_dir, quantization):
         logger.info("using the cached CTranslate2 model %s", target)

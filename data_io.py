@@ -8,7 +8,9 @@ file is never left half-written, and a write never replaces one of the input fil
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import math
 import os
 import stat
 import tempfile
@@ -88,6 +90,28 @@ def read_jsonl(
         _check_string_field(record, summary_column, path, lineno, required=require_summary, allow_empty=True)
         records.append(record)
     return records
+
+
+def split_by_id(records: Sequence[dict], percentage: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """``(train, validation)``: hold ``percentage`` % of the distinct ``id`` values out, with every record of
+    a held-out id (records sharing an id stay on one side). Which ids: the smallest
+    ``sha256(seed, id)``, so the split depends only on the seed and the set of ids (not on file order),
+    and each side keeps the file order. The validation side gets ``round(percentage / 100 x ids)`` ids,
+    at least one and at most all but one.
+
+    Raises:
+        ValueError: ``percentage`` outside (0, 100), or fewer than two distinct ids.
+    """
+    if not 0 < percentage < 100:
+        raise ValueError(f"the validation percentage must be in (0, 100), got {percentage}")
+    ids = list(dict.fromkeys(json.dumps(r["id"]) for r in records))  # 1 and "1" are different ids
+    if len(ids) < 2:
+        raise ValueError(f"{len(ids)} distinct id(s): a split needs at least two")
+    held = min(max(math.floor(percentage / 100 * len(ids) + 0.5), 1), len(ids) - 1)
+    key = lambda i: hashlib.sha256(f"{seed}\0{i}".encode()).hexdigest()  # noqa: E731
+    validation_ids = set(sorted(ids, key=key)[:held])
+    validation = [r for r in records if json.dumps(r["id"]) in validation_ids]
+    return [r for r in records if json.dumps(r["id"]) not in validation_ids], validation
 
 
 def _check_id(record: dict, seen_ids: dict[Any, int], path: Path, lineno: int) -> None:

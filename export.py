@@ -10,9 +10,9 @@ has no ``title_config.json`` (any mT5 from the hub).
 
 A **checkpoint** (``OUTPUT_DIR/checkpoints/step_N``) is what resumes training exactly:
 ``accelerator.save_state`` (model, optimizer, scheduler, RNG states) plus a :class:`TrainingState`
-(``training_state.json``: step, epoch, position in the epoch, best score). Both kinds of directory are
-built in a temporary sibling and swapped in (:func:`swap_dir`), so a crash never leaves a half-written one
-where a complete one was.
+(``training_state.json``: step, epoch, position in the epoch, best score, early-stopping count). Both kinds
+of directory are built in a temporary sibling and swapped in (:func:`swap_dir`), so a crash never leaves a
+half-written one where a complete one was.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ FORMAT_VERSION = 1  # of title_config.json; version 0 = the files written before
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
+PROMPT_ADAPTER_DIR = "prompt_adapter"  # a prompt-tuned export's peft adapter (the soft prompt), beside the base
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+MODEL_CARD_FILE = "README.md"
 
 
 class ExportError(ValueError):
@@ -66,6 +69,9 @@ class TitleConfig:
         metrics: validation scores (``eval/rouge-1`` ... F x100) at ``step``.
         preset_scores: validation scores of every preset tried when the strategy was selected
             (``{preset: {"eval/rouge-1": ..., ...}}``), empty when none was.
+        prompt_adapter: for a prompt-tuned export (``--peft_method prompt_tuning``), the subdirectory holding
+            the peft adapter (the soft prompt) that must be applied to the base weights beside it; None for a
+            plain model (full fine-tuning, or LoRA merged into the weights). Load with :func:`load_model`.
         format_version: of this file; newer versions are refused with a clear message.
     """
 
@@ -81,6 +87,7 @@ class TitleConfig:
     step: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     preset_scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    prompt_adapter: str | None = None
     format_version: int = FORMAT_VERSION
 
     def save(self, directory: str | os.PathLike) -> Path:
@@ -153,7 +160,7 @@ class TitleConfig:
                 fail(name, "a string")
         if not self.text_column or not self.generation_preset:
             fail("text_column" if not self.text_column else "generation_preset", "a non-empty string")
-        for name in ("eval_preset", "segmenter"):
+        for name in ("eval_preset", "segmenter", "prompt_adapter"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
                 fail(name, "a string or null")
         if self.step is not None and (not isinstance(self.step, int) or isinstance(self.step, bool) or self.step < 0):
@@ -202,25 +209,59 @@ def check_export(model_dir: str | os.PathLike | None) -> Path:
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise ExportError(f"{model_dir}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer "
                           "with the model")
-    TitleConfig.load(path)
+    adapter = TitleConfig.load(path).prompt_adapter
+    missing = [name for name in ADAPTER_FILES if adapter and not (path / adapter / name).is_file()]
+    if missing:
+        raise ExportError(f"{model_dir}: a prompt-tuned export without its soft prompt ({adapter}/"
+                          f"{', '.join(missing)} missing); copy the whole export directory")
     return path
 
 
-def write_export(out_dir: str | os.PathLike, model, tokenizer, generation_config, title_config: TitleConfig,
-                 eval_predictions: Iterable[dict] | None = None) -> Path:
-    """Write an export: ``model.save_pretrained`` (with ``generation_config`` as its
-    ``generation_config.json``), the tokenizer, ``title_config.json`` and optionally
-    ``eval_predictions.jsonl``, built in ``.NAME.tmp`` beside ``out_dir`` and swapped in whole.
+def load_model(model_dir: str | os.PathLike):
+    """Load an export for generation: ``AutoModelForSeq2SeqLM.from_pretrained``, and for a prompt-tuned
+    export the base model wrapped by ``peft.PeftModel.from_pretrained`` with its soft prompt (whose
+    ``generate`` prepends the prompt to every article). Returns the model in eval mode, on the CPU.
 
-    Call on the main process only, with the unwrapped (and, for LoRA, merged) model.
+    Raises:
+        ExportError: a malformed ``title_config.json``.
+        OSError / ValueError: what transformers and peft raise for unreadable weights.
+    """
+    from transformers import AutoModelForSeq2SeqLM
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(model_dir))
+    adapter = TitleConfig.load(model_dir).prompt_adapter
+    if adapter:
+        from peft import PeftModel  # optional dependency, loaded for prompt-tuned exports only
+
+        model = PeftModel.from_pretrained(model, str(Path(model_dir) / adapter))
+    return model.eval()
+
+
+def write_export(out_dir: str | os.PathLike, model, tokenizer, generation_config, title_config: TitleConfig,
+                 eval_predictions: Iterable[dict] | None = None, model_card: str | None = None) -> Path:
+    """Write an export: ``model.save_pretrained`` (with ``generation_config`` as its
+    ``generation_config.json``), the tokenizer, ``title_config.json``, optionally ``eval_predictions.jsonl``
+    and the model card ``README.md``, built in ``.NAME.tmp`` beside ``out_dir`` and swapped in whole.
+
+    Call on the main process only, with the unwrapped (and, for LoRA, merged) model. A peft prompt-learning
+    model (it cannot be merged) is saved as its base model plus the adapter in ``prompt_adapter/``, and
+    ``title_config.prompt_adapter`` says so.
     """
     final = Path(out_dir)
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.generation_config = generation_config
-    model.save_pretrained(str(tmp))
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.generation_config = generation_config
+    base.save_pretrained(str(tmp))
+    title_config.prompt_adapter = None
+    if base is not model:
+        model.save_pretrained(str(tmp / PROMPT_ADAPTER_DIR))
+        (tmp / PROMPT_ADAPTER_DIR / MODEL_CARD_FILE).unlink(missing_ok=True)  # peft's stub card; ours is above
+        title_config.prompt_adapter = PROMPT_ADAPTER_DIR
     tokenizer.save_pretrained(str(tmp))
     title_config.save(tmp)
+    if model_card is not None:
+        atomic_write_text(tmp / MODEL_CARD_FILE, model_card)
     if eval_predictions is not None:
         write_jsonl_atomic(tmp / "eval_predictions.jsonl", eval_predictions)
     swap_dir(tmp, final)
@@ -256,6 +297,8 @@ class TrainingState:
     best_metric: float | None = None
     best_step: int | None = None
     elapsed_s: float = 0.0  # training wall time, seconds, summed over resumed runs
+    evaluations_without_improvement: int = 0  # in a row, for --early_stopping_patience
+    stopped_early_at: int | None = None  # the step early stopping ended training at
     saved_at: float = 0.0  # Unix time the checkpoint was written: orders checkpoints of resumed runs
 
     def save(self, path: str | os.PathLike) -> None:

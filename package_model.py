@@ -194,6 +194,10 @@ def package(export_dir: str, args: PackageArguments) -> dict[str, str]:
         title_config = TitleConfig.load(export)  # valid: check_export read it
     except ExportError as err:
         raise PackageError(str(err)) from err
+    if title_config.prompt_adapter:
+        raise PackageError(f"{export_dir}: a prompt-tuned export keeps its soft prompt in "
+                           f"{title_config.prompt_adapter}/, and the archive holds flat files only (nor can "
+                           "CTranslate2 run it); hand in a full or LoRA fine-tuned export")
     weights, others, left_out = select_files(export)
     output = Path(args.output)
     check_output_path(output, protected=[*weights, *others, args.lock])

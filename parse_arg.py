@@ -17,16 +17,20 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
+import torch
 from transformers import HfArgumentParser
 
 from data_io import DataError, atomic_write_text, check_output_path
-from export import TitleConfig
+from export import PROMPT_ADAPTER_DIR, TitleConfig
 from generation import load_presets
 from rewards import REWARDS
 from tw_rouge import CkipSegmenter, get_segmenter
 
 OPTIMIZERS = ("adafactor", "adamw")
 PRECISIONS = ("no", "bf16", "fp16")
+PEFT_METHODS = ("none", "lora", "prompt_tuning")
+PROMPT_INITS = ("random", "text")
+DEFAULT_VALIDATION_FILE = "data/public.jsonl"  # the course's labelled public set
 FREEZABLE = ("encoder", "decoder", "embeddings")
 BEST_METRICS = ("rouge-sum", "rouge-1", "rouge-2", "rouge-l", "loss")
 OBJECTIVES = ("title", "span_corruption", "text_infilling")  # pretraining.OBJECTIVES
@@ -54,13 +58,29 @@ class ModelArguments:
         default=False, metadata={"help": "Recompute activations in backward: less memory, ~30% slower."})
     freeze: list[str] = field(
         default_factory=list, metadata={"help": "Parts to freeze, any of: encoder decoder embeddings."})
-    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
+    peft_method: str = field(
+        default="none", metadata={"help": "Parameter-efficient fine-tuning with peft: none (train all weights), lora "
+                                          "(low-rank adapters, merged into the export) or prompt_tuning (a learned "
+                                          "soft prompt of --num_virtual_tokens embeddings before every article, "
+                                          "Lester et al. 2021; the export keeps the base weights plus the adapter "
+                                          "in prompt_adapter/, and predicts with --backend hf only)."})
+    use_lora: bool = field(default=False, metadata={"help": "The same as --peft_method lora (kept for old commands)."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q", "k", "v", "o", "wi_0", "wi_1", "wo"],
         metadata={"help": "T5 module names that get LoRA adapters."})
+    num_virtual_tokens: int = field(
+        default=20, metadata={"help": "--peft_method prompt_tuning: soft-prompt length in tokens (the trainable "
+                                      "parameters are num_virtual_tokens x d_model)."})
+    prompt_tuning_init: str = field(
+        default="random", metadata={"help": "--peft_method prompt_tuning: initialise the soft prompt randomly (random) "
+                                            "or from the embeddings of --prompt_tuning_init_text's tokens (text, "
+                                            "repeated or cut to --num_virtual_tokens; peft's PromptTuningInit)."})
+    prompt_tuning_init_text: Optional[str] = field(
+        default=None, metadata={"help": "--prompt_tuning_init text: the words the prompt starts from, e.g. "
+                                        "'為這篇新聞寫一個標題：'."})
     prune_vocabulary: bool = field(
         default=False, metadata={"help": "Before training, cut the pretrained model's vocabulary to the pieces the "
                                          "training and validation texts use (plus single-character fallback; "
@@ -71,12 +91,24 @@ class ModelArguments:
     prune_min_count: int = field(
         default=1, metadata={"help": "With --prune_vocabulary: keep corpus pieces seen at least this often."})
 
+    @property
+    def peft(self) -> str:
+        """``--peft_method`` with ``--use_lora`` as its alias (``check_args`` also writes it back)."""
+        return "lora" if self.use_lora and self.peft_method == "none" else self.peft_method
+
 
 @dataclass
 class DataArguments:
     train_file: Optional[str] = field(default="data/train.jsonl", metadata={"help": "Training JSON lines."})
     validation_file: Optional[str] = field(
-        default="data/public.jsonl", metadata={"help": "Validation JSON lines (scored with tw_rouge)."})
+        default=None, metadata={"help": "Validation JSON lines (scored with tw_rouge). Default: data/public.jsonl, "
+                                        "unless --validation_split_percentage holds validation data out of "
+                                        "--train_file instead."})
+    validation_split_percentage: float = field(
+        default=0.0, metadata={"help": "Without --validation_file: hold this percentage of --train_file's articles "
+                                       "out as validation data (by id, so an article is never on both sides; "
+                                       "the same --seed gives the same split). 0 = off. The 2024 course rules: "
+                                       "do not train on public.jsonl, split validation data from train.jsonl."})
     # the defaults shared with prediction come from the export contract (export.TitleConfig)
     text_column: str = field(default=TitleConfig.text_column, metadata={"help": "Field with the article."})
     summary_column: str = field(default="title", metadata={"help": "Field with the reference title."})
@@ -150,6 +182,16 @@ class TrainArguments:
     report_to: Optional[str] = field(
         default=None, metadata={"help": "Accelerate tracker(s), e.g. tensorboard or wandb (comma-separated)."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    early_stopping_patience: int = field(
+        default=0, metadata={"help": "Stop training after N evaluations in a row without an improvement of "
+                                     "--metric_for_best_model (0 = off). best/ keeps the best model either way."})
+    early_stopping_threshold: float = field(
+        default=0.0, metadata={"help": "With --early_stopping_patience: an evaluation improves only when it beats the "
+                                       "best so far by more than this (ROUGE points x100, or loss)."})
+    torch_compile: bool = field(
+        default=False, metadata={"help": "Compile the model with torch.compile (inductor, through Accelerate's dynamo "
+                                         "option) for faster GPU steps after a compilation warm-up. CUDA only: "
+                                         "refused on CPU-only machines, where it does not help."})
 
 
 @dataclass
@@ -219,6 +261,7 @@ class Args:
     train: TrainArguments
     eval: EvalArguments
     rl: RLArguments
+    argv: list[str] = field(default_factory=list)  # the command line as given (the model card quotes it)
 
     def to_dict(self) -> dict:
         return {group: vars(getattr(self, group)).copy() for group in ("model", "data", "train", "eval", "rl")}
@@ -239,6 +282,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
         SystemExit: argparse's own errors (bad value, missing value; exit status 2) and ``--help``.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = list(argv)
     parser = build_parser()
     if argv and argv[0].endswith(".json") and not argv[0].startswith("-"):
         preset_path = resolve_repo_path(argv.pop(0))
@@ -247,7 +291,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     if unknown:
         raise ArgumentError(f"unknown option(s) {' '.join(unknown)} (train_decoder.py --help lists them; a preset "
                             "JSON must come first)")
-    return Args(*groups)
+    return Args(*groups, argv=command)
 
 
 def read_preset(path: str) -> dict:
@@ -288,10 +332,10 @@ def check_args(args: Args) -> None:
         ArgumentError: naming the flag and what is wrong with it.
     """
     m, d, t, e, r = args.model, args.data, args.train, args.eval, args.rl
+    problems: list[str] = validation_source_problems(d)
     m.config_name = resolve_repo_path(m.config_name)
     e.presets_file = resolve_repo_path(e.presets_file)
     d.train_file, d.validation_file = resolve_repo_path(d.train_file), resolve_repo_path(d.validation_file)
-    problems: list[str] = []
 
     def need(cond: bool, message: str) -> None:
         if not cond:
@@ -309,7 +353,8 @@ def check_args(args: Args) -> None:
         need(Path(r.rl_from, "config.json").is_file(),
              f"--rl_from {r.rl_from}: not a save_pretrained export (no config.json)")
     for flag, path in (("--train_file", d.train_file), ("--validation_file", d.validation_file)):
-        need(path is not None and Path(path).is_file(), f"{flag} {path}: file not found")
+        need((path is None and flag == "--validation_file" and d.validation_split_percentage > 0)
+             or (path is not None and Path(path).is_file()), f"{flag} {path}: file not found")
     for flag, value in (("--max_source_length", d.max_source_length), ("--max_target_length", d.max_target_length),
                         ("--per_device_train_batch_size", t.per_device_train_batch_size),
                         ("--per_device_eval_batch_size", t.per_device_eval_batch_size),
@@ -368,8 +413,8 @@ def check_args(args: Args) -> None:
     need(r.rl_baseline != "loo" or r.rl_num_samples >= 2, "--rl_baseline loo needs --rl_num_samples >= 2")
     need(r.rl_normalize in ("sequence", "token"), f"--rl_normalize must be sequence or token (got {r.rl_normalize})")
     need(not r.rl_control or r.rl_from is not None, "--rl_control needs --rl_from (the export both runs start from)")
-    if m.use_lora:
-        need(m.lora_r > 0, f"--lora_r must be > 0 (got {m.lora_r})")
+    problems += peft_problems(args)
+    problems += training_option_problems(t)
     if m.prune_vocabulary:
         need(not m.config_name and not r.rl_from and not m.tokenizer_name,
              "--prune_vocabulary prunes a pretrained --model_name_or_path with its own tokenizer (not with "
@@ -391,6 +436,66 @@ def check_args(args: Args) -> None:
         if any(flag in p and "file not found" in p for p in problems for flag in ("--train_file", "--validation_file")):
             message += ("\n" + MISSING_DATA_HINT)
         raise ArgumentError(message)
+
+
+def validation_source_problems(d: "DataArguments") -> list[str]:
+    """``--validation_file`` or ``--validation_split_percentage``, not both; neither means the course's
+    ``data/public.jsonl`` (set here, so the resolved file is what ``args.json`` records)."""
+    split = d.validation_split_percentage
+    if not (math.isfinite(split) and 0 <= split < 100):
+        return [f"--validation_split_percentage must be in [0, 100) (got {split})"]
+    if split > 0 and d.validation_file is not None:
+        return [f"--validation_file {d.validation_file} and --validation_split_percentage {split:g} both give "
+                "validation data: choose one"]
+    if split > 0 and d.objective != "title":
+        return ["--validation_split_percentage is for --objective title; give the pretraining objectives a "
+                "--validation_file"]
+    if split == 0 and d.validation_file is None:
+        d.validation_file = DEFAULT_VALIDATION_FILE
+    return []
+
+
+def peft_problems(args: Args) -> list[str]:
+    """``--peft_method`` (with ``--use_lora`` as an alias of ``lora``) and what prompt tuning cannot do.
+    Sets ``use_lora`` to match the method, so both spellings save the same ``args.json``."""
+    m, r = args.model, args.rl
+    if m.peft_method not in PEFT_METHODS:
+        return [f"--peft_method must be one of {', '.join(PEFT_METHODS)} (got {m.peft_method})"]
+    if m.use_lora and m.peft_method == "prompt_tuning":
+        return ["--use_lora means --peft_method lora: it cannot be combined with --peft_method prompt_tuning"]
+    if m.use_lora:
+        m.peft_method = "lora"
+    m.use_lora = m.peft_method == "lora"
+    problems = []
+    if m.use_lora and m.lora_r <= 0:
+        problems.append(f"--lora_r must be > 0 (got {m.lora_r})")
+    if m.peft_method == "prompt_tuning":
+        if m.num_virtual_tokens <= 0:
+            problems.append(f"--num_virtual_tokens must be > 0 (got {m.num_virtual_tokens})")
+        if m.prompt_tuning_init not in PROMPT_INITS:
+            problems.append(f"--prompt_tuning_init must be random or text (got {m.prompt_tuning_init})")
+        if m.prompt_tuning_init == "text" and not m.prompt_tuning_init_text:
+            problems.append("--prompt_tuning_init text needs --prompt_tuning_init_text (the words to start from)")
+        if r.rl_from:
+            problems.append("--peft_method prompt_tuning cannot be combined with --rl_from: the RL stage trains a "
+                            "plain (or LoRA) model from a plain export; prompt-tune the supervised model instead")
+    if r.rl_from and Path(r.rl_from, PROMPT_ADAPTER_DIR).is_dir():
+        problems.append(f"--rl_from {r.rl_from}: a prompt-tuned export (a soft prompt in {PROMPT_ADAPTER_DIR}/) "
+                        "cannot start the RL stage, which needs a plain model; start it from a full or LoRA export")
+    return problems
+
+
+def training_option_problems(t: "TrainArguments") -> list[str]:
+    """Early stopping's range, and ``--torch_compile`` only where it helps (CUDA)."""
+    problems = []
+    if t.early_stopping_patience < 0 or t.early_stopping_threshold < 0:
+        problems.append("--early_stopping_patience and --early_stopping_threshold must be >= 0 (got "
+                        f"{t.early_stopping_patience}, {t.early_stopping_threshold:g})")
+    if t.torch_compile and not torch.cuda.is_available():
+        problems.append("--torch_compile needs a CUDA GPU: this machine has none, and on CPU-only machines "
+                        "torch.compile does not help (its compilation costs minutes and CPU steps of this model get "
+                        "no faster); drop the flag")
+    return problems
 
 
 RUN_FILES = ("metrics.jsonl", "eval_predictions.jsonl", "learning_curve.png", "args.json", "preset_selection.md")
@@ -456,7 +561,10 @@ def check_segmenter_data(args: Args) -> None:
 # How a change of each option between a checkpoint and the run resuming it is treated.
 RESUME_REFUSED = ("model_name_or_path", "config_name", "tokenizer_name", "tokenizer_vocab_size", "use_lora", "lora_r",
                   "lora_alpha", "lora_target_modules", "freeze", "optimizer", "rl_from", "prune_vocabulary",
-                  "prune_keep_top", "prune_min_count")
+                  "prune_keep_top", "prune_min_count", "peft_method", "num_virtual_tokens",
+                  "validation_split_percentage")
+# with a validation split, these choose which articles are held out: a change would train on validation data
+SPLIT_INPUTS = ("seed", "train_file")
 RESUME_NOT_EXACT = ("objective", "pretrain_files", "noise_density", "mean_noise_span_length", "mask_ratio",
                     "poisson_lambda",
                     "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "train_file",
@@ -464,7 +572,7 @@ RESUME_NOT_EXACT = ("objective", "pretrain_files", "noise_density", "mean_noise_
                     "max_target_length", "group_by_length", "mixed_precision", "gradient_checkpointing",
                     "dataloader_num_workers", "rl_num_samples", "rl_rollout_preset", "rl_baseline_preset",
                     "rl_reward_weights", "rl_gamma", "rl_reward", "rl_length_penalty", "rl_baseline", "rl_normalize",
-                    "rl_kl_coef", "rl_control")
+                    "rl_kl_coef", "rl_control", "prompt_tuning_init", "prompt_tuning_init_text")
 RESUME_IGNORED = ("resume_from_checkpoint", "overwrite_output_dir", "output_dir")
 
 
@@ -472,8 +580,9 @@ def resume_differences(saved: dict, current: Args) -> dict[str, list[str]]:
     """Compare the hyperparameters a checkpoint was saved with (``Args.to_dict()`` form) with the resuming
     run's. Returns ``{"refused": [...], "not_exact": [...], "applied": [...]}`` of ``"name: old -> new"``:
 
-    - refused: the model or optimizer would not match the saved state (a different model, LoRA layout,
-      frozen parts or optimizer class);
+    - refused: the model or optimizer would not match the saved state (a different model, LoRA or prompt
+      layout, frozen parts or optimizer class), or the validation split would change (another percentage,
+      or with a split, another seed or training file: articles trained on would become validation data);
     - not_exact: accepted, but the resumed run no longer reproduces an uninterrupted one (data order, batch
       composition, sequence lengths, precision);
     - applied: everything else (learning rate and schedule, warm-up, total steps, weight decay, clipping,
@@ -487,7 +596,9 @@ def resume_differences(saved: dict, current: Args) -> dict[str, list[str]]:
     for name in sorted(set(old) & set(new)):
         if old[name] == new[name] or name in RESUME_IGNORED:
             continue
-        kind = "refused" if name in RESUME_REFUSED else "not_exact" if name in RESUME_NOT_EXACT else "applied"
+        split_input = name in SPLIT_INPUTS and (old.get("validation_split_percentage") or 0) > 0
+        kind = ("refused" if name in RESUME_REFUSED or split_input else "not_exact" if name in RESUME_NOT_EXACT
+                else "applied")
         found[kind].append(f"{name}: {old[name]!r} -> {new[name]!r}")
     return found
 

@@ -35,7 +35,7 @@ import torch
 
 import ct2_backend
 from data_io import DataError, atomic_write_text, check_output_path, read_jsonl, write_jsonl_atomic
-from export import TITLE_CONFIG_FILE, ExportError, TitleConfig, check_export
+from export import TITLE_CONFIG_FILE, ExportError, TitleConfig, check_export, load_model
 from generation import generate_titles, load_presets, resolve_generation_config
 from modeling import get_tokenizer
 from plotting import save_figure_atomic
@@ -135,6 +135,19 @@ def read_title_config(model_dir: Path) -> TitleConfig:
         return TitleConfig.load(model_dir)
     except ExportError as err:
         raise UsageError(str(err)) from err
+
+
+def check_backend(args: PredictArguments, model_dir: Path, title_config: TitleConfig) -> None:
+    """A prompt-tuned export decodes with ``--backend hf`` only.
+
+    Raises:
+        UsageError: ``--backend ct2`` with a prompt-tuned export, naming the reason and the alternative.
+    """
+    if args.backend == "ct2" and title_config.prompt_adapter:
+        raise UsageError(f"{model_dir} is a prompt-tuned export (a peft soft prompt in "
+                         f"{title_config.prompt_adapter}/): CTranslate2 cannot represent a soft prompt (it feeds "
+                         "token ids to the encoder, not the learned prompt embeddings), so --backend ct2 would "
+                         "decode without it; use --backend hf")
 
 
 def resolve_settings(args: PredictArguments, title_config: TitleConfig) -> dict[str, Any]:
@@ -280,10 +293,8 @@ class TitleEngine:
             self._load_hf()
 
     def _load_hf(self) -> None:
-        from transformers import AutoModelForSeq2SeqLM
-
         try:
-            self.model = AutoModelForSeq2SeqLM.from_pretrained(str(self.model_dir))
+            self.model = load_model(self.model_dir)  # a prompt-tuned export: peft's model with its soft prompt
         except Exception as err:  # noqa: BLE001
             raise UsageError(f"{self.model_dir}: cannot load the model: {err}") from err
         self.model.to(self.device).eval()
@@ -343,6 +354,7 @@ def predict(args: PredictArguments) -> int:
     check_output_path(args.output_file, [args.input_file])
     model_dir = check_model_dir(args.model_dir)
     title_config = read_title_config(model_dir)
+    check_backend(args, model_dir, title_config)
     settings = resolve_settings(args, title_config)
     records = read_jsonl(args.input_file, text_column=settings["text_column"], require_summary=False,
                          allow_empty_text=True)
@@ -382,6 +394,7 @@ def sweep(args: PredictArguments) -> int:
         raise UsageError("--sweep needs --reference (labelled JSON lines) and --output_dir")
     model_dir = check_model_dir(args.model_dir)
     title_config = read_title_config(model_dir)
+    check_backend(args, model_dir, title_config)
     settings = resolve_settings(args, title_config)
     records = read_jsonl(args.reference, text_column=settings["text_column"], require_summary=True)
     if args.max_samples:

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 from data_io import DataError, read_jsonl
-from export import swap_dir
+from export import PROMPT_ADAPTER_DIR, swap_dir
 from modeling import count_parameters, get_tokenizer, lm_head_is_tied
 
 logger = logging.getLogger("prune_vocab")
@@ -1031,6 +1031,10 @@ def prune_export(
             raise PruneError(f"{out}: exists and is not empty; give another --output_dir or --overwrite")
     if not corpus:
         raise PruneError("give at least one --corpus file")
+    if (Path(model_name_or_path) / PROMPT_ADAPTER_DIR).is_dir():
+        raise PruneError(f"{model_name_or_path}: a prompt-tuned export (a soft prompt in {PROMPT_ADAPTER_DIR}/) "
+                         "cannot be pruned here; prune the pretrained model before prompt tuning (train_decoder.py "
+                         "--prune_vocabulary --peft_method prompt_tuning)")
     if pad_to_multiple_of < 1:
         raise PruneError(f"pad_to_multiple_of must be at least 1, got {pad_to_multiple_of}")
     source_dir = check_source(str(model_name_or_path))

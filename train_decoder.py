@@ -32,18 +32,22 @@ from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from data_io import DataError, atomic_write_text, read_jsonl, write_jsonl_atomic
+from data_io import DataError, atomic_write_text, read_jsonl, split_by_id, write_jsonl_atomic
 from export import (
+    MODEL_CARD_FILE,
+    PROMPT_ADAPTER_DIR,
     ExportError,
     TitleConfig,
     TrainingState,
     checkpoint_hyperparameters,
     load_checkpoint,
+    load_model,
     resolve_checkpoint,
     save_checkpoint,
     write_export,
 )
 from generation import generate_titles, load_presets, resolve_generation_config
+from model_card import CardFacts, build_model_card
 from modeling import (
     VocabularySizeError,
     count_parameters,
@@ -104,7 +108,7 @@ def prune_vocabulary(args: Args, accelerator: Accelerator) -> None:
     if accelerator.is_main_process and not (out / PRUNE_INFO).is_file():
         m, d = args.model, args.data
         try:
-            info = prune_export(m.model_name_or_path, [d.train_file, d.validation_file], out,
+            info = prune_export(m.model_name_or_path, [f for f in (d.train_file, d.validation_file) if f], out,
                                 text_columns=(d.text_column, d.summary_column), keep_top=m.prune_keep_top,
                                 min_count=m.prune_min_count, overwrite=True)
         except (PruneError, DataError) as err:
@@ -139,7 +143,7 @@ def get_tokenizer_for_run(args: Args, texts: list[str], accelerator: Accelerator
 
 def get_model_for_run(args: Args, tokenizer) -> torch.nn.Module:
     """The model to train: the RL export, a random one from ``--config_name``, or a pretrained one;
-    with freezing, LoRA and gradient checkpointing applied.
+    with freezing, gradient checkpointing and ``--peft_method`` (LoRA or prompt tuning) applied.
 
     Raises:
         ArgumentError: the tokenizer has more tokens than the model has embedding rows.
@@ -159,12 +163,30 @@ def get_model_for_run(args: Args, tokenizer) -> torch.nn.Module:
     if m.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    if m.use_lora:
-        from peft import LoraConfig, TaskType, get_peft_model  # optional dependency, loaded when asked for
+    if m.peft != "none":
+        from peft import get_peft_model  # optional dependency, loaded when asked for
 
-        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=m.lora_r, lora_alpha=m.lora_alpha,
-                                                 lora_dropout=m.lora_dropout, target_modules=m.lora_target_modules))
+        model = get_peft_model(model, peft_config(args, tokenizer))
     return model
+
+
+def peft_config(args: Args, tokenizer):
+    """peft's ``LoraConfig`` or ``PromptTuningConfig`` (task SEQ_2_SEQ_LM) for ``--peft_method``. The soft
+    prompt goes before the encoder's input only (``num_transformer_submodules=1``: peft's seq2seq prompt
+    tuning never feeds a decoder prompt, whose rows would be trained for nothing); text initialisation
+    tokenizes ``--prompt_tuning_init_text`` with the run's tokenizer (peft loads it by its path)."""
+    from peft import LoraConfig, PromptTuningConfig, PromptTuningInit, TaskType
+
+    m = args.model
+    if m.peft == "lora":
+        return LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=m.lora_r, lora_alpha=m.lora_alpha,
+                          lora_dropout=m.lora_dropout, target_modules=m.lora_target_modules)
+    text = m.prompt_tuning_init == "text"
+    return PromptTuningConfig(task_type=TaskType.SEQ_2_SEQ_LM, num_virtual_tokens=m.num_virtual_tokens,
+                              num_transformer_submodules=1,
+                              prompt_tuning_init=PromptTuningInit.TEXT if text else PromptTuningInit.RANDOM,
+                              prompt_tuning_init_text=m.prompt_tuning_init_text if text else None,
+                              tokenizer_name_or_path=tokenizer.name_or_path if text else None)
 
 
 def get_collator(args: Args, tokenizer) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
@@ -351,11 +373,16 @@ class Trainer:
         self.stop_signals: StopSignals | None = None  # set by main() while it trains
         self.eval_dataset: CorruptedTexts | None = None  # a pretraining objective's validation data
 
+    def unwrapped_model(self):
+        """The model without Accelerate's wrappers, and without torch.compile's (``--torch_compile``):
+        generation, export and counting use the plain module, which shares the compiled one's weights."""
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+
     def generation_config(self, preset: str):
         """The preset's ``GenerationConfig`` over the model's special-token ids, ``max_new_tokens`` = the
         evaluation limit."""
         max_new = self.args.eval.eval_max_new_tokens or self.args.data.max_target_length
-        base = self.accelerator.unwrap_model(self.model).generation_config
+        base = self.unwrapped_model().generation_config
         return resolve_generation_config(base, preset, {"max_new_tokens": max_new}, self.presets)
 
     def build_rl_setup(self) -> RLSetup:
@@ -397,7 +424,7 @@ class Trainer:
             self.model, batch, self.tokenizer, self.rl.reward_fn, sources=[x[d.text_column] for x in records],
             references=[x[d.summary_column] for x in records], num_samples=r.rl_num_samples,
             rollout_config=self.rl.rollout_config, baseline_config=self.rl.baseline_config,
-            generate_model=self.accelerator.unwrap_model(self.model), reference_model=self.rl.reference_model,
+            generate_model=self.unwrapped_model(), reference_model=self.rl.reference_model,
             baseline=r.rl_baseline, normalize=r.rl_normalize)
         self.window.rl_stats.append(step.stats)
         ml_loss = self.supervised_loss(batch) if r.rl_gamma < 1 else None  # no teacher-forced pass for pure RL
@@ -413,6 +440,7 @@ class Trainer:
         self.run_started = time.time() - self.state.elapsed_s
         if self.state.completed_steps == 0 and (self.args.train.eval_on_start or self.args.rl.rl_from):
             self.evaluate()  # the starting score (RL and its control: the supervised model's), before step 1
+        self.maybe_stop_early()  # a run resumed from the checkpoint early stopping left has nothing more to do
         self.model.train()
         while self.state.completed_steps < self.stop_at:
             self.run_epoch()
@@ -471,11 +499,12 @@ class Trainer:
         self.state.epoch += 1
         self.state.batches_in_epoch = 0
         self.maybe_evaluate(epoch_end=True)
+        self.maybe_stop_early()
 
     def finish(self) -> None:
         """Always score the final model, and leave a checkpoint of it (when checkpoints are on)."""
         self.check_finite()
-        if self.last_eval_step != self.state.completed_steps:
+        if self.last_eval_step != self.state.completed_steps and self.state.stopped_early_at is None:
             self.evaluate()
         if self.args.train.save_steps and self.last_save_step != self.state.completed_steps:
             self.save_checkpoint()
@@ -503,7 +532,9 @@ class Trainer:
         return bool(self.accelerator.reduce(flag, reduction="sum").item())  # a sync per step, multi-process only
 
     def maybe_stop(self) -> None:
-        """After a SIGTERM/SIGINT: a checkpoint of this step, then :class:`TrainingInterrupted`."""
+        """Early stopping (:meth:`maybe_stop_early`); after a SIGTERM/SIGINT: a checkpoint of this step, then
+        :class:`TrainingInterrupted`."""
+        self.maybe_stop_early()
         if not self.stop_requested():
             return
         self.check_finite()
@@ -512,6 +543,21 @@ class Trainer:
         signum = (self.stop_signals.received if self.stop_signals and self.stop_signals.received else signal.SIGTERM)
         raise TrainingInterrupted(signum, self.state.completed_steps,
                                   self.output_dir / "checkpoints" / f"step_{self.state.completed_steps}")
+
+    def maybe_stop_early(self) -> None:
+        """``--early_stopping_patience N``: end training at this step once N evaluations in a row brought no
+        improvement (counted in the state by :meth:`count_improvement`; the loop ends, then :meth:`finish`
+        saves the last checkpoint). Logged once, with the step and the best step."""
+        patience, state = self.args.train.early_stopping_patience, self.state
+        if not patience or state.evaluations_without_improvement < patience:
+            return
+        if state.stopped_early_at is None:
+            state.stopped_early_at = state.completed_steps
+            logger.info("early stopping at step %d: %d evaluations without an improvement of %s by more than %g; "
+                        "best %.4g at step %s", state.completed_steps, state.evaluations_without_improvement,
+                        self.args.train.metric_for_best_model, self.args.train.early_stopping_threshold,
+                        state.best_metric, state.best_step)
+        self.stop_at = min(self.stop_at, state.completed_steps)
 
     # ---- after-step helpers: each decides whether it is due
     def maybe_log(self) -> None:
@@ -560,6 +606,7 @@ class Trainer:
         metrics["eval/seconds"] = time.time() - started
         self.last_eval_step = self.state.completed_steps
         self.log({"step": self.state.completed_steps, "epoch": self.epoch_progress(), **metrics})
+        self.count_improvement(metrics)
         if self.is_new_best(metrics):
             self.export_best(preds, metrics)
         if preds is not None:
@@ -572,7 +619,7 @@ class Trainer:
     def validation_loss(self) -> float:
         """Mean teacher-forced cross-entropy per target token of the corrupted validation texts (a
         pretraining objective's validation score; shards across processes, summed exactly)."""
-        acc, model = self.accelerator, self.accelerator.unwrap_model(self.model)
+        acc, model = self.accelerator, self.unwrapped_model()
         model.eval()
         collate = IndexedSeq2SeqCollator(self.tokenizer)
         size = self.args.train.per_device_eval_batch_size
@@ -595,7 +642,7 @@ class Trainer:
         ``generation_config``, default the evaluation preset), generated in shards across processes, in
         input order."""
         acc, d = self.accelerator, self.args.data
-        model = model if model is not None else acc.unwrap_model(self.model)
+        model = model if model is not None else self.unwrapped_model()
         texts = [r[d.text_column] for r in self.eval_records]
         with acc.split_between_processes(list(range(len(texts)))) as shard:
             local = generate_titles(model, self.tokenizer, [texts[i] for i in shard],
@@ -623,6 +670,16 @@ class Trainer:
         if than is None:
             return True
         return score < than if self.args.train.metric_for_best_model == "loss" else score > than
+
+    def count_improvement(self, metrics: dict[str, float]) -> None:
+        """Count the evaluations in a row that did not beat the best so far by more than
+        ``--early_stopping_threshold`` (in the state: a resumed run keeps counting). Call before
+        :meth:`is_new_best` updates the best."""
+        t, best = self.args.train, self.state.best_metric
+        score = metrics[f"eval/{t.metric_for_best_model}"]
+        margin = -t.early_stopping_threshold if t.metric_for_best_model == "loss" else t.early_stopping_threshold
+        improved = best is None or self.better(score, best + margin)
+        self.state.evaluations_without_improvement = 0 if improved else self.state.evaluations_without_improvement + 1
 
     def is_new_best(self, metrics: dict[str, float]) -> bool:
         """Record ``metrics`` as the best so far when they beat it on ``--metric_for_best_model``."""
@@ -663,9 +720,24 @@ class Trainer:
             metrics={k: v for k, v in metrics.items() if k != "eval/seconds"})
 
     def exportable_model(self):
-        """The unwrapped model; with LoRA, a merged copy (the export is a plain model)."""
-        model = self.accelerator.unwrap_model(self.model)
-        return copy.deepcopy(model).merge_and_unload() if self.args.model.use_lora else model
+        """The unwrapped model; with LoRA, a merged copy (the export is a plain model); with prompt tuning,
+        the peft model (``write_export`` saves its base and the soft prompt beside it)."""
+        model = self.unwrapped_model()
+        return copy.deepcopy(model).merge_and_unload() if self.args.model.peft == "lora" else model
+
+    def model_card(self, title_config: TitleConfig) -> str:
+        """``best/README.md`` for the export described by ``title_config`` (``model_card.py``)."""
+        m = self.args.model
+        options = {k: v for group in self.args.to_dict().values() for k, v in group.items()}
+        tokenizer = m.tokenizer_name or (None if m.config_name else pretrained_source(self.args))
+        described = (f"`{tokenizer}`" if tokenizer else f"a sentencepiece unigram model trained on the training "
+                     f"texts (`{self.output_dir / 'tokenizer'}`)") + f", {len(self.tokenizer):,} tokens"
+        return build_model_card(CardFacts(
+            name=str(self.output_dir / "best"), title_config=title_config, options=options, command=self.args.argv,
+            train_records=len(self.train_records), validation_records=len(self.eval_records),
+            validation_source=validation_source(self.args), tokenizer=described,
+            parameters=count_parameters(self.unwrapped_model()),
+            steps_trained=self.state.completed_steps, stopped_early_at=self.state.stopped_early_at))
 
     def export_best(self, preds: list[str], metrics: dict[str, float]) -> None:
         """Write ``OUTPUT_DIR/best`` (:func:`export.write_export`): model, tokenizer, the evaluation
@@ -673,8 +745,11 @@ class Trainer:
         acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
+            title_config = self.title_config(metrics)
+            title_config.prompt_adapter = PROMPT_ADAPTER_DIR if self.args.model.peft == "prompt_tuning" else None
             final = write_export(self.output_dir / "best", self.exportable_model(), self.tokenizer,
-                                 self.eval_generation_config, self.title_config(metrics), self.prediction_rows(preds))
+                                 self.eval_generation_config, title_config, self.prediction_rows(preds),
+                                 model_card=self.model_card(title_config))
             logger.info("new best %s = %.3f at step %d -> %s", self.args.train.metric_for_best_model,
                         self.state.best_metric, self.state.completed_steps, final)
         acc.wait_for_everyone()
@@ -690,7 +765,7 @@ class Trainer:
         if not names or not (best / "config.json").exists() or self.eval_dataset is not None:
             return None
         key = f"eval/{self.args.train.metric_for_best_model}"
-        model = get_model(str(best)).to(self.accelerator.device).eval()
+        model = load_model(best).to(self.accelerator.device)  # with a prompt-tuned export's soft prompt
         scores, titles, configs = {}, {}, {}
         for name in names:
             configs[name] = self.generation_config(name)
@@ -714,17 +789,19 @@ class Trainer:
                          f"{m['eval/rouge-l']:.2f} | {m['eval/rouge-sum']:.2f} | {m['eval/gen_len']:.1f} | "
                          f"{m['eval/distinct_titles']:.0%} | {m['eval/seconds']:.0f} |")
         table = "\n".join(lines)
-        logger.info("decoding presets on %s (segmenter %s), best/ of step %s:\n%s", self.args.data.validation_file,
+        logger.info("decoding presets on %s (segmenter %s), best/ of step %s:\n%s", validation_source(self.args),
                     self.segmenter.name, self.state.best_step, table)
         exported = TitleConfig.load(best)
         exported.generation_preset = winner
         exported.generation_preset_reason = (f"selected after training: the best {key[5:]} on "
-                                             f"{Path(self.args.data.validation_file).name} among {', '.join(scores)}")
+                                             f"{validation_source(self.args, short=True)} among "
+                                             f"{', '.join(scores)}")
         exported.preset_scores = {name: {k: v for k, v in m.items() if k != "eval/seconds"}
                                   for name, m in scores.items()}
         exported.metrics = exported.preset_scores[winner]
         atomic_write_text(best / "generation_config.json", config.to_json_string())
         exported.save(best)
+        atomic_write_text(best / MODEL_CARD_FILE, self.model_card(exported))  # the card names the new strategy
         write_jsonl_atomic(best / "eval_predictions.jsonl", self.prediction_rows(titles))
         atomic_write_text(self.output_dir / "preset_selection.md", f"# Decoding presets on the validation set\n\n"
                           f"{table}\n\nSelected: **{winner}** (by {key[5:]}; segmenter {self.segmenter.name}).\n")
@@ -809,9 +886,11 @@ class Trainer:
 
 
 def make_accelerator(args: Args) -> Accelerator:
+    """The run's ``Accelerator`` (``--torch_compile``: prepare wraps the model with torch.compile, inductor;
+    ``check_args`` has refused it without CUDA), seeded."""
     t = args.train
     accelerator = Accelerator(gradient_accumulation_steps=t.gradient_accumulation_steps,
-                              mixed_precision=t.mixed_precision,
+                              mixed_precision=t.mixed_precision, dynamo_backend="inductor" if t.torch_compile else "no",
                               log_with=t.report_to.split(",") if t.report_to else None, project_dir=t.output_dir)
     set_seed(t.seed)
     if accelerator.device.type == "cpu":
@@ -877,13 +956,43 @@ def load_records(args: Args) -> tuple[list[dict], list[dict]]:
     """
     d = args.data
     train = read_jsonl(d.train_file, text_column=d.text_column, summary_column=d.summary_column)
-    validation = read_jsonl(d.validation_file, text_column=d.text_column, summary_column=d.summary_column,
-                            allow_empty_text=True)
     if not train:
         raise DataError(d.train_file, "no training pairs in the file")
+    if d.validation_split_percentage > 0:
+        train, validation = split_validation(args, train)
+    else:
+        validation = read_jsonl(d.validation_file, text_column=d.text_column, summary_column=d.summary_column,
+                                allow_empty_text=True)
     if not validation:
         raise DataError(d.validation_file, "no validation pairs in the file")
     return train[: d.max_train_samples or None], validation[: d.max_eval_samples or None]
+
+
+def split_validation(args: Args, records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """``--validation_split_percentage``: ``data_io.split_by_id`` of the training file by ``--seed``
+    (before ``--max_train_samples`` cuts the training side), both sizes logged.
+
+    Raises:
+        DataError: too few distinct ids to split.
+    """
+    d = args.data
+    try:
+        train, validation = split_by_id(records, d.validation_split_percentage, args.train.seed)
+    except ValueError as err:
+        raise DataError(d.train_file, f"--validation_split_percentage: {err}") from err
+    logger.info("validation split: %d of %d articles of %s held out for validation (%g%% of the ids, seed %d), "
+                "%d left for training", len(validation), len(records), d.train_file, d.validation_split_percentage,
+                args.train.seed, len(train))
+    return train, validation
+
+
+def validation_source(args: Args, short: bool = False) -> str:
+    """Where the validation articles come from, in words (``short``: for a sentence)."""
+    d = args.data
+    if d.validation_split_percentage <= 0:
+        return Path(d.validation_file).name if short else f"`{d.validation_file}`"
+    split = f"{d.validation_split_percentage:g}% of {Path(d.train_file).name}"
+    return split if short else f"{split} held out by id (seed {args.train.seed}; never trained on)"
 
 
 def plan_steps(args: Args, batches_per_process: int) -> tuple[int, int, int]:
@@ -898,7 +1007,7 @@ def log_banner(trainer: Trainer, example: dict, steps_per_epoch: int, warmup: in
     """The start banner: what is trained, on what, for how long, with one decoded training example."""
     args, acc = trainer.args, trainer.accelerator
     t = args.train
-    total, trainable = count_parameters(acc.unwrap_model(trainer.model))
+    total, trainable = count_parameters(trainer.unwrapped_model())
     logger.info("***** %s *****", "RL stage (self-critical)" if args.rl.rl_from else "supervised training")
     logger.info("  parameters: %s total, %s trainable", f"{total:,}", f"{trainable:,}")
     logger.info("  examples: %d train, %d validation; %d steps/epoch", len(trainer.train_records),

@@ -85,8 +85,9 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Child entry: load one engine, warm up, time one strategy, report seconds/article."""
     harness.setup_torch(spec["threads"])
     import torch
-    from transformers import AutoModelForSeq2SeqLM, GenerationConfig
+    from transformers import GenerationConfig
 
+    from export import load_model
     from generation import clean_title, generate_titles, resolve_generation_config
     from modeling import get_tokenizer
 
@@ -112,7 +113,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         seconds = time.perf_counter() - start
         lengths = [len(x) for x in ids]
     else:
-        model = AutoModelForSeq2SeqLM.from_pretrained(str(export)).eval()
+        model = load_model(export)  # a prompt-tuned export with its soft prompt (export.load_model)
         load = time.perf_counter() - start
         if spec["engine"] == "hf":
             generate_titles(model, tokenizer, texts[:1], warm, **common)
