@@ -156,6 +156,8 @@ def test_sigterm_saves_a_checkpoint_that_resumes_to_the_uninterrupted_curve(tiny
 
 
 def test_stop_signals_turn_the_first_signal_into_a_request():
+    # a job started in the background by a non-interactive shell inherits SIGINT ignored: start from Python's own
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with train_decoder.StopSignals() as stops:
         os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt: the loop is asked to stop
         assert stops.received == signal.SIGINT
