@@ -90,6 +90,30 @@ def resolve_generation_config(
     return config
 
 
+@contextlib.contextmanager
+def decoding_with(model, generation_config):
+    """Make ``generation_config`` the model's own for the duration of the block.
+
+    ``model.generate(generation_config=cfg)`` in transformers 5 fills every field of ``cfg`` left at its
+    global default (``no_repeat_ngram_size`` None or 0, ``length_penalty`` 1.0, ...) from
+    ``model.generation_config``, that is from the export's ``generation_config.json``: without this, an
+    export that selected ``beam4_norepeat`` also blocks repeated 3-grams under ``PRESET=greedy``, in a
+    sweep, and in RL rollouts. Swapping the model's default (and a PEFT model's base model's) for the
+    block makes the passed config the whole strategy; the old one is restored afterwards, also on error.
+    """
+    targets = [model]
+    if hasattr(model, "get_base_model"):  # peft: generate() runs on the base model
+        targets.append(model.get_base_model())
+    saved = [getattr(t, "generation_config", None) for t in targets]
+    for t in targets:
+        t.generation_config = generation_config
+    try:
+        yield
+    finally:
+        for t, old in zip(targets, saved):
+            t.generation_config = old
+
+
 def clean_title(text: str) -> str:
     """Remove special tokens and newlines from a decoded title and trim it."""
     text = _SPECIAL_TOKEN_RE.sub("", text)
@@ -145,7 +169,7 @@ def generate_titles(
         for batch in length_sorted_batches(lengths, batch_size):
             enc = tokenizer([sources[i] for i in batch], truncation=True, max_length=max_source_length,
                             padding=True, return_tensors="pt").to(device)
-            with autocast:
+            with autocast, decoding_with(model, generation_config):
                 out = model.generate(**enc, generation_config=generation_config)
             decoded = tokenizer.batch_decode(out, skip_special_tokens=True)
             for i, title in zip(batch, decoded):

@@ -26,7 +26,7 @@ from typing import Literal, Mapping, Sequence
 
 import torch
 
-from generation import clean_title
+from generation import clean_title, decoding_with
 from rewards import RewardFn, check_rewards
 from rl_math import (
     LABEL_PAD_ID,
@@ -152,12 +152,14 @@ def collect_rollouts(
     was_training = generate_model.training
     generate_model.eval()
     try:
-        sequences = generate_model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                            generation_config=sampling)
+        with decoding_with(generate_model, sampling):  # the export's own strategy must not leak in
+            sequences = generate_model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                                generation_config=sampling)
         greedy = None
         if baseline_config is not None:
-            greedy = generate_model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                             generation_config=baseline_config)
+            with decoding_with(generate_model, baseline_config):
+                greedy = generate_model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                                 generation_config=baseline_config)
     finally:
         generate_model.train(was_training)
 

@@ -52,6 +52,26 @@ def test_batched_sorted_generation_matches_one_by_one(export, tiny_tokenizer, te
     assert len({len(t) for t in expected}) > 2  # titles end at different lengths: padding really is exercised
 
 
+def test_a_named_preset_ignores_the_exports_own_strategy(tiny_tokenizer, texts):
+    """An export whose generation_config.json blocks repeated n-grams (a selected ``*_norepeat`` strategy)
+    must not pass that to another preset: transformers fills a passed config's default-valued fields from
+    ``model.generation_config``, so ``PRESET=greedy``, sweeps and RL rollouts used to block repeats too."""
+    from conftest import build_tiny_model
+
+    plain = build_tiny_model(tiny_tokenizer, seed=3)
+    plain.generation_config.max_new_tokens = 16
+    selected = build_tiny_model(tiny_tokenizer, seed=3)
+    selected.generation_config.max_new_tokens = 16
+    selected.generation_config.no_repeat_ngram_size = 2  # as training writes after selecting a norepeat preset
+    for preset in ("greedy", "beam4"):
+        expected = generate_titles(plain, tiny_tokenizer, texts, resolve_generation_config(plain.generation_config, preset))
+        config = resolve_generation_config(selected.generation_config, preset)
+        assert generate_titles(selected, tiny_tokenizer, texts, config, batch_size=5) == expected, preset
+        blocked = resolve_generation_config(selected.generation_config, preset, {"no_repeat_ngram_size": 2})
+        assert generate_titles(selected, tiny_tokenizer, texts, blocked) != expected, preset  # the field matters here
+        assert selected.generation_config.no_repeat_ngram_size == 2  # the export's own config is restored
+
+
 def test_order_and_ids_follow_the_input(export, tiny_tokenizer, lcsts_val, tmp_path):
     model_dir, model = export
     pool = [r["maintext"][:60] for r in lcsts_val[12:60]]
