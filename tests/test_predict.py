@@ -64,7 +64,8 @@ def test_a_named_preset_ignores_the_exports_own_strategy(tiny_tokenizer, texts):
     selected.generation_config.max_new_tokens = 16
     selected.generation_config.no_repeat_ngram_size = 2  # as training writes after selecting a norepeat preset
     for preset in ("greedy", "beam4"):
-        expected = generate_titles(plain, tiny_tokenizer, texts, resolve_generation_config(plain.generation_config, preset))
+        plain_config = resolve_generation_config(plain.generation_config, preset)
+        expected = generate_titles(plain, tiny_tokenizer, texts, plain_config)
         config = resolve_generation_config(selected.generation_config, preset)
         assert generate_titles(selected, tiny_tokenizer, texts, config, batch_size=5) == expected, preset
         blocked = resolve_generation_config(selected.generation_config, preset, {"no_repeat_ngram_size": 2})
