@@ -90,16 +90,18 @@ def resolve_generation_config(
     return config
 
 
-@contextlib.contextmanager
-def decoding_with(model, generation_config):
-    """Make ``generation_config`` the model's own for the duration of the block.
+def generate_with(model, generation_config, **inputs) -> torch.Tensor:
+    """``model.generate(**inputs, generation_config=generation_config)`` with that config as the whole strategy.
 
-    ``model.generate(generation_config=cfg)`` in transformers 5 fills every field of ``cfg`` left at its
-    global default (``no_repeat_ngram_size`` None or 0, ``length_penalty`` 1.0, ...) from
-    ``model.generation_config``, that is from the export's ``generation_config.json``: without this, an
-    export that selected ``beam4_norepeat`` also blocks repeated 3-grams under ``PRESET=greedy``, in a
-    sweep, and in RL rollouts. Swapping the model's default (and a PEFT model's base model's) for the
-    block makes the passed config the whole strategy; the old one is restored afterwards, also on error.
+    ``generate`` in transformers 5 fills every field of the passed config left at its global default
+    (``no_repeat_ngram_size`` None or 0, ``length_penalty`` 1.0, ...) from ``model.generation_config``, that
+    is from the export's ``generation_config.json``: called plainly, an export that selected
+    ``beam4_norepeat`` also blocks repeated 3-grams under ``PRESET=greedy``, in a sweep, and in RL rollouts.
+    Here the model's default (and a PEFT model's base model's) is swapped for ``generation_config`` during
+    the call and restored afterwards, also on error.
+
+    Returns:
+        ``generate``'s output: ``[batch * num_return_sequences, out_len]`` token ids.
     """
     targets = [model]
     if hasattr(model, "get_base_model"):  # peft: generate() runs on the base model
@@ -108,7 +110,7 @@ def decoding_with(model, generation_config):
     for t in targets:
         t.generation_config = generation_config
     try:
-        yield
+        return model.generate(**inputs, generation_config=generation_config)
     finally:
         for t, old in zip(targets, saved):
             t.generation_config = old
@@ -169,8 +171,8 @@ def generate_titles(
         for batch in length_sorted_batches(lengths, batch_size):
             enc = tokenizer([sources[i] for i in batch], truncation=True, max_length=max_source_length,
                             padding=True, return_tensors="pt").to(device)
-            with autocast, decoding_with(model, generation_config):
-                out = model.generate(**enc, generation_config=generation_config)
+            with autocast:
+                out = generate_with(model, generation_config, **enc)
             decoded = tokenizer.batch_decode(out, skip_special_tokens=True)
             for i, title in zip(batch, decoded):
                 titles[i] = clean_title(title)

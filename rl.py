@@ -26,7 +26,7 @@ from typing import Literal, Mapping, Sequence
 
 import torch
 
-from generation import clean_title, decoding_with
+from generation import clean_title, generate_with
 from rewards import RewardFn, check_rewards
 from rl_math import (
     LABEL_PAD_ID,
@@ -152,14 +152,11 @@ def collect_rollouts(
     was_training = generate_model.training
     generate_model.eval()
     try:
-        with decoding_with(generate_model, sampling):  # the export's own strategy must not leak in
-            sequences = generate_model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                                generation_config=sampling)
+        sequences = generate_with(generate_model, sampling, input_ids=input_ids, attention_mask=attention_mask)
         greedy = None
         if baseline_config is not None:
-            with decoding_with(generate_model, baseline_config):
-                greedy = generate_model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                                 generation_config=baseline_config)
+            greedy = generate_with(generate_model, baseline_config, input_ids=input_ids,
+                                   attention_mask=attention_mask)
     finally:
         generate_model.train(was_training)
 
