@@ -4,7 +4,8 @@
 #   2. fine-tuning it to write titles, with the decoding strategy selected on the validation set
 #      (configs/tiny-cpu.json),
 #   3. titles for the validation file through run.sh (the export's own strategy) and their ROUGE (jieba).
-# About 9 minutes on 2 idle CPU cores (9 min 22 s measured; one thread per stage on a shared machine: about 23). Extra arguments go to both training stages (e.g. --overwrite_output_dir).
+# About 9 minutes on 2 idle CPU cores (9 min 22 s measured; one thread per stage on a shared machine: about 23).
+# Extra arguments go to both training stages (e.g. --overwrite_output_dir).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
