@@ -227,10 +227,15 @@ class RLArguments:
         default_factory=lambda: [1.0, 1.0, 1.0],
         metadata={"help": "Weights of ROUGE-1, ROUGE-2, ROUGE-L F in the reward (default: their mean)."})
     rl_reward: str = field(
-        default="rouge", metadata={"help": "Reward (rewards.py): rouge (ROUGE F1 against the reference) or "
-                                           "rouge_length (minus --rl_length_penalty x relative length error)."})
+        default="rouge", metadata={"help": "Reward (rewards.py): rouge (ROUGE F1 against the reference), "
+                                           "rouge_length (minus --rl_length_penalty x relative length error) or "
+                                           "rouge_repetition (minus --rl_repetition_penalty x the title's "
+                                           "repeated character 3-gram share)."})
     rl_length_penalty: float = field(
         default=0.5, metadata={"help": "rouge_length: weight of |len(title) - len(reference)| / len(reference)."})
+    rl_repetition_penalty: float = field(
+        default=1.0, metadata={"help": "rouge_repetition: weight of the title's rep-3, 1 - distinct/all over its "
+                                       "character 3-grams."})
     rl_baseline: str = field(
         default="auto", metadata={"help": "Self-critical baseline: greedy (Rennie et al. 2017), loo (leave-one-out "
                                           "mean of the other samples, Kool et al. 2019), or auto (greedy for one "
@@ -408,7 +413,8 @@ def check_args(args: Args) -> None:
     need(len(r.rl_reward_weights) == 3 and all(w >= 0 for w in r.rl_reward_weights) and sum(r.rl_reward_weights) > 0,
          "--rl_reward_weights takes 3 non-negative numbers (ROUGE-1 2 L) with a positive sum")
     need(r.rl_reward in REWARDS, f"--rl_reward must be one of {', '.join(sorted(REWARDS))} (got {r.rl_reward})")
-    need(r.rl_length_penalty >= 0 and r.rl_kl_coef >= 0, "--rl_length_penalty and --rl_kl_coef must be >= 0")
+    need(r.rl_length_penalty >= 0 and r.rl_repetition_penalty >= 0 and r.rl_kl_coef >= 0,
+         "--rl_length_penalty, --rl_repetition_penalty and --rl_kl_coef must be >= 0")
     need(r.rl_baseline in ("auto", "greedy", "loo"), f"--rl_baseline must be auto, greedy or loo (got {r.rl_baseline})")
     need(r.rl_baseline != "loo" or r.rl_num_samples >= 2, "--rl_baseline loo needs --rl_num_samples >= 2")
     need(r.rl_normalize in ("sequence", "token"), f"--rl_normalize must be sequence or token (got {r.rl_normalize})")
@@ -571,7 +577,8 @@ RESUME_NOT_EXACT = ("objective", "pretrain_files", "noise_density", "mean_noise_
                     "max_train_samples", "text_column", "summary_column", "source_prefix", "max_source_length",
                     "max_target_length", "group_by_length", "mixed_precision", "gradient_checkpointing",
                     "dataloader_num_workers", "rl_num_samples", "rl_rollout_preset", "rl_baseline_preset",
-                    "rl_reward_weights", "rl_gamma", "rl_reward", "rl_length_penalty", "rl_baseline", "rl_normalize",
+                    "rl_reward_weights", "rl_gamma", "rl_reward", "rl_length_penalty", "rl_repetition_penalty",
+                    "rl_baseline", "rl_normalize",
                     "rl_kl_coef", "rl_control", "prompt_tuning_init", "prompt_tuning_init_text")
 RESUME_IGNORED = ("resume_from_checkpoint", "overwrite_output_dir", "output_dir")
 

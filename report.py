@@ -50,7 +50,8 @@ HYPERPARAMETERS = (("train", "optimizer"), ("train", "learning_rate"), ("train",
                    ("train", "gradient_accumulation_steps"), ("train", "max_grad_norm"), ("train", "seed"),
                    ("data", "max_source_length"), ("data", "max_target_length"), ("eval", "eval_preset"),
                    ("eval", "segmenter"), ("rl", "rl_from"), ("rl", "rl_control"), ("rl", "rl_reward"),
-                   ("rl", "rl_reward_weights"), ("rl", "rl_length_penalty"), ("rl", "rl_num_samples"),
+                   ("rl", "rl_reward_weights"), ("rl", "rl_length_penalty"),
+                   ("rl", "rl_repetition_penalty"), ("rl", "rl_num_samples"),
                    ("rl", "rl_baseline"), ("rl", "rl_normalize"), ("rl", "rl_gamma"), ("rl", "rl_kl_coef"),
                    ("rl", "rl_rollout_preset"), ("rl", "rl_baseline_preset"))
 

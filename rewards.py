@@ -8,7 +8,11 @@ only overlap with the reference. The stage picks one by name (``--rl_reward``, :
   segmented with the evaluation's segmenter (ckip grades; jieba or char are faster offline);
 - ``rouge_length``: ``rouge`` minus ``--rl_length_penalty`` times the relative length error
   ``|len(pred) - len(ref)| / len(ref)`` (characters): ROUGE F1 alone rewards long, repetitive titles on a
-  weak model (Paulus et al. 2018 saw the same with ROUGE-L), and this counters it directly.
+  weak model (Paulus et al. 2018 saw the same with ROUGE-L), and this counters it directly;
+- ``rouge_repetition``: ``rouge`` minus ``--rl_repetition_penalty`` times the title's rep-3, the share of
+  its character 3-grams that repeat an earlier one (``1 - distinct / all``, the rep-n of Welleck et al.
+  2020, "Neural Text Generation with Unlikelihood Training"). The ``rouge`` package scores each distinct
+  n-gram once, so repeating one costs a title nothing there; this makes it cost.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Mapping, Sequence
 
+from text_stats import ngrams
 from tw_rouge import METRICS, CkipSegmenter, get_segmenter, rouge_f_per_pair
 
 RewardFn = Callable[[list[str], list[str], list[str]], Sequence[float]]
@@ -74,12 +79,45 @@ def rouge_length_reward(segmenter=None, weights: Mapping[str, float] | None = No
     return reward
 
 
-REWARDS: dict[str, Callable[..., RewardFn]] = {"rouge": rouge_reward, "rouge_length": rouge_length_reward}
+def repetition_rate(title: str, n: int = 3) -> float:
+    """rep-n of one title: ``1 - distinct / all`` over its character n-grams (whitespace removed), in
+    ``[0, 1)``; 0 for a title shorter than ``n`` characters. ``我是我是我`` has 3-grams 我是我, 是我是, 我是我:
+    rep-3 = 1 - 2/3."""
+    grams = ngrams(title, n)
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def rouge_repetition_reward(segmenter=None, weights: Mapping[str, float] | None = None,
+                            repetition_penalty: float = 1.0, n: int = 3,
+                            ckip_dir: str | os.PathLike | None = None) -> RewardFn:
+    """:func:`rouge_reward` minus ``repetition_penalty * repetition_rate(pred, n)`` (the result can be
+    negative).
+
+    Raises:
+        ValueError: as :func:`rouge_reward`, a negative ``repetition_penalty`` or ``n < 1``.
+    """
+    if repetition_penalty < 0:
+        raise ValueError(f"repetition_penalty must be >= 0, got {repetition_penalty}")
+    if n < 1:
+        raise ValueError(f"the repetition n-gram order must be >= 1, got {n}")
+    rouge = rouge_reward(segmenter, weights, ckip_dir)
+
+    def reward(sources: list[str], preds: list[str], refs: list[str]) -> list[float]:
+        scores = rouge(sources, preds, refs)
+        return [s - repetition_penalty * repetition_rate(p, n) for s, p in zip(scores, preds)]
+
+    return reward
+
+
+REWARDS: dict[str, Callable[..., RewardFn]] = {"rouge": rouge_reward, "rouge_length": rouge_length_reward,
+                                               "rouge_repetition": rouge_repetition_reward}
 
 
 def make_reward(name: str, *, segmenter=None, weights: Mapping[str, float] | None = None,
-                length_penalty: float = 0.5, ckip_dir: str | os.PathLike | None = None) -> RewardFn:
-    """The reward called ``name`` in :data:`REWARDS`, built with the options it takes.
+                length_penalty: float = 0.5, repetition_penalty: float = 1.0,
+                ckip_dir: str | os.PathLike | None = None) -> RewardFn:
+    """The reward called ``name`` in :data:`REWARDS`, built with the options it takes (``length_penalty``
+    for ``rouge_length``, ``repetition_penalty`` for ``rouge_repetition``; the others ignore them).
 
     Raises:
         ValueError: an unknown name (the message lists the known ones), or the reward's own errors.
@@ -88,6 +126,8 @@ def make_reward(name: str, *, segmenter=None, weights: Mapping[str, float] | Non
         raise ValueError(f"unknown reward {name!r}; known: {', '.join(sorted(REWARDS))}")
     if name == "rouge_length":
         return rouge_length_reward(segmenter, weights, length_penalty, ckip_dir)
+    if name == "rouge_repetition":
+        return rouge_repetition_reward(segmenter, weights, repetition_penalty, ckip_dir=ckip_dir)
     return REWARDS[name](segmenter, weights, ckip_dir)
 
 

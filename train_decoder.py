@@ -392,7 +392,8 @@ class Trainer:
         if r.rl_kl_coef > 0:  # a frozen copy of the starting point; never prepared, never optimised
             reference = get_model(r.rl_from).to(self.accelerator.device).eval().requires_grad_(False)
         return RLSetup(reward_fn=make_reward(r.rl_reward, segmenter=self.segmenter, weights=weights,
-                                             length_penalty=r.rl_length_penalty),
+                                             length_penalty=r.rl_length_penalty,
+                                             repetition_penalty=r.rl_repetition_penalty),
                        rollout_config=self.generation_config(r.rl_rollout_preset),
                        baseline_config=self.generation_config(r.rl_baseline_preset), reference_model=reference)
 

@@ -108,6 +108,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inference_batch_size", type=int, default=8, help="articles per decoding batch")
     parser.add_argument("--new_tokens", type=int, default=64, help="tokens generated per article (forced)")
     parser.add_argument("--inference_repeats", type=int, default=1, help="interleaved decoding rounds")
+    parser.add_argument("--split_new_tokens", type=int, default=1,
+                        help="where the decoding time goes: decode again with this many forced tokens, so the "
+                             "encoder + first steps and the cost of each further token can be told apart (0: skip)")
     parser.add_argument("--ct2_compute_type", default="int8", help="CTranslate2 quantization")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cuda: also measure bf16 training on the GPU (step time, peak GPU memory)")
@@ -128,6 +131,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      "state)")
     if args.profile_steps < 0:
         parser.error("--profile_steps must be >= 0")
+    if not 0 <= args.split_new_tokens < args.new_tokens:
+        parser.error("--split_new_tokens must be >= 0 and below --new_tokens")
     if not 0 < args.long_fraction < 1:
         parser.error("--long_fraction must be in (0, 1)")
     if args.skip_cpu and args.device != "cuda":
@@ -501,6 +506,33 @@ def verdict_line(entry: dict[str, Any]) -> str:
     return f"- {entry['label']}: x{entry['value']:.2f}{rounds}; target {sign} x{entry['target']:g}: {entry['verdict']}"
 
 
+def decoding_ceiling_note(split: dict[str, dict[str, float]], new_tokens: int) -> str:
+    """How to read the decoding split, per backend: the per-token cost that pruning to {VERDICT_KEPT} rows took
+    away, what it left, and the speed-up of the smallest pruned model (how close to the vocabulary-free cost
+    pruning further can get). Empty when the split lacks the full or the {VERDICT_KEPT} model."""
+    target = model_name(VERDICT_KEPT)
+    pruned = sorted((job.split("/")[0] for job in split if not job.startswith(FULL + "/")),
+                    key=lambda n: int(n.split("-")[1]))
+    notes = []
+    for b in BACKENDS:
+        full, kept = split.get(f"{FULL}/{b}"), split.get(f"{target}/{b}")
+        if not full or not kept:
+            continue
+
+        def seconds(part: dict[str, float]) -> float:
+            return part["prefix_s"] + part["per_token_ms"] * (new_tokens - 1) / 1000
+
+        line = (f"{b}: pruning to {VERDICT_KEPT:,} rows takes the cost of a token from {full['per_token_ms']:.1f} "
+                f"to {kept['per_token_ms']:.1f} ms and the prefix from {full['prefix_s']:.3f} to "
+                f"{kept['prefix_s']:.3f} s per article, x{seconds(full) / seconds(kept):.2f} over {new_tokens} tokens")
+        smallest = split.get(f"{pruned[0]}/{b}") if pruned else None
+        if smallest and pruned[0] != target:
+            line += f"; {pruned[0]} gives x{seconds(full) / seconds(smallest):.2f}"
+        notes.append(line + ".")
+    return ("Reading: " + " ".join(notes) + " What pruning leaves (the prefix and the decoder layers) bounds the "
+            "speed-up of a backend whose per-token cost is already small.") if notes else ""
+
+
 def markdown_table(results: dict) -> str:
     """The figures as Markdown: models and sizes, CPU training, the step time split, beam-4 decoding, the
     ratios against the full model, the verdicts at :data:`VERDICT_KEPT` rows, and the GPU section."""
@@ -574,6 +606,24 @@ def markdown_table(results: dict) -> str:
                          f"{_figure(row['ct2'] and row['ct2']['seconds_per_article'], '{:.3f}')} | "
                          f"{_figure(row['hf'] and row['hf']['peak_rss_mb'], '{:.0f}')} | "
                          f"{_figure(row['ct2'] and row['ct2']['peak_rss_mb'], '{:.0f}')} | {tokens} |")
+        split = inference.get("split")
+        if split:
+            lines += ["", f"**Where the decoding time goes**: each run again with {s['split_new_tokens']} forced "
+                          f"token(s); prefix = tokenization + encoder + those steps (s/article), per token = the "
+                          f"cost of each further token (decoder layers, output projection over the vocabulary, "
+                          f"softmax, beam bookkeeping; ms/article)",
+                      "",
+                      "| model | hf prefix (s) | hf per token (ms) | hf prefix share | ct2 prefix (s) | "
+                      "ct2 per token (ms) | ct2 prefix share |",
+                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            for name in names:
+                cells = []
+                for b in BACKENDS:
+                    part = split.get(f"{name}/{b}")
+                    cells += ([f"{part['prefix_s']:.3f}", f"{part['per_token_ms']:.1f}",
+                               f"{part['prefix_share']:.0%}"] if part else ["-"] * 3)
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines += ["", decoding_ceiling_note(split, s["new_tokens"])]
     ratios = results.get("ratios", {})
     if ratios:
         lines += ["", "**Against the full model** (medians of per-round ratios; speed-up = full s/article over pruned)",
@@ -730,27 +780,58 @@ def bench_inference_beam4(args: argparse.Namespace, exports: dict[str, harness.R
                   f"{time.perf_counter() - started:.0f} s", flush=True)
     env = {**harness.QUIET_ENV, **harness.thread_env(threads), **CPU_ONLY_ENV}
 
-    def run_one(job: str, round_index: int) -> dict:
+    def run_with(job: str, round_index: int, new_tokens: int) -> dict:
         name, backend = job.split("/")
         spec = {"engine": backend, "strategy": "beam4", "preset": "beam4", "export": str(exports[name].dir),
                 "texts": texts, "batch_size": args.inference_batch_size, "max_source_length": args.max_source_length,
-                "new_tokens": args.new_tokens, "threads": threads, "compute_type": args.ct2_compute_type}
+                "new_tokens": new_tokens, "threads": threads, "compute_type": args.ct2_compute_type}
         row = harness.run_child("bench.bench_inference:measure", spec, work_dir,
-                                f"beam4-{name}-{backend}-{round_index}", timeout=args.child_timeout, env=env)
-        if row["tokens_per_article"] != [args.new_tokens]:
-            raise RuntimeError(f"{job}: generated {row['tokens_per_article']} tokens per article, forced "
-                               f"{args.new_tokens}")
-        print(f"  round {round_index + 1}/{args.inference_repeats} beam4 {job:>18}: {row['seconds_per_article']:.3f} "
-              f"s/article, peak RSS {row['peak_rss_mb']:.0f} MB (load {row['load_seconds']:.1f} s)", flush=True)
+                                f"beam4-{name}-{backend}-{new_tokens}-{round_index}", timeout=args.child_timeout,
+                                env=env)
+        if row["tokens_per_article"] != [new_tokens]:
+            raise RuntimeError(f"{job}: generated {row['tokens_per_article']} tokens per article, forced {new_tokens}")
+        print(f"  round {round_index + 1}/{args.inference_repeats} beam4 {job:>18} x {new_tokens} tokens: "
+              f"{row['seconds_per_article']:.3f} s/article, peak RSS {row['peak_rss_mb']:.0f} MB "
+              f"(load {row['load_seconds']:.1f} s)", flush=True)
         return {"round": round_index, **row}
 
     jobs = [f"{name}/{backend}" for backend in BACKENDS for name in exports]
-    runs = interleaved(jobs, args.inference_repeats, run_one)
+    runs = interleaved(jobs, args.inference_repeats, lambda job, i: run_with(job, i, args.new_tokens))
     summary = {job: {"seconds_per_article": statistics.median(r["seconds_per_article"] for r in rs),
                      "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in rs),
                      "tokens_per_article": rs[0]["tokens_per_article"]} for job, rs in runs.items()}
-    return {"articles": len(texts), "mean_source_tokens": bench_inference.source_lengths(
+    result = {"articles": len(texts), "mean_source_tokens": bench_inference.source_lengths(
         exports[FULL].dir, texts, args.max_source_length), "threads": threads, "runs": runs, "summary": summary}
+    if args.split_new_tokens and args.split_new_tokens < args.new_tokens:
+        print(f"  where the decoding time goes: the same runs with {args.split_new_tokens} forced token(s)", flush=True)
+        short = interleaved(jobs, args.inference_repeats, lambda job, i: run_with(job, i, args.split_new_tokens))
+        result["split_runs"] = short
+        result["split"] = decoding_split(summary, {job: statistics.median(r["seconds_per_article"] for r in rs)
+                                                   for job, rs in short.items()},
+                                         args.new_tokens, args.split_new_tokens)
+    return result
+
+
+def decoding_split(summary: dict[str, dict[str, Any]], short_seconds: dict[str, float], new_tokens: int,
+                   short_tokens: int) -> dict[str, dict[str, float]]:
+    """Where beam-search time goes, from two runs of each job: ``new_tokens`` and ``short_tokens`` forced tokens.
+
+    Returns ``{job: {"prefix_s", "per_token_ms", "prefix_share"}}``: ``prefix_s`` = seconds per article of the
+    short run (tokenization, the encoder and the first ``short_tokens`` steps), ``per_token_ms`` = the extra
+    milliseconds per article per further token (decoder layers, the output projection over the vocabulary,
+    softmax and beam bookkeeping), ``prefix_share`` = ``prefix_s`` over the long run's seconds per article.
+
+    Raises:
+        ValueError: ``short_tokens >= new_tokens``.
+    """
+    if short_tokens >= new_tokens:
+        raise ValueError(f"the split needs fewer forced tokens ({short_tokens}) than the timed runs ({new_tokens})")
+    split = {}
+    for job, seconds in short_seconds.items():
+        full_run = summary[job]["seconds_per_article"]
+        split[job] = {"prefix_s": seconds, "prefix_share": seconds / full_run,
+                      "per_token_ms": 1000 * (full_run - seconds) / (new_tokens - short_tokens)}
+    return split
 
 
 def bench(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
@@ -765,8 +846,8 @@ def bench(args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     settings = {k: getattr(args, k) for k in (
         "kept", "vocab_size", "repeats", "batch_size", "steps", "warmup_steps", "profile_steps", "max_source_length",
         "max_target_length", "long_fraction", "learning_rate", "seed", "num_articles", "inference_batch_size",
-        "new_tokens", "inference_repeats", "ct2_compute_type", "threads", "device", "gpu_batch_size", "gpu_steps",
-        "gpu_warmup_steps", "skip_cpu")}
+        "new_tokens", "inference_repeats", "split_new_tokens", "ct2_compute_type", "threads", "device",
+        "gpu_batch_size", "gpu_steps", "gpu_warmup_steps", "skip_cpu")}
     settings["tokenizer_size"] = full.tokenizer_size
     results: dict[str, Any] = {"benchmark": "prune", "settings": settings}
     timings: dict[str, float] = {}

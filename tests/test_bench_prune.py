@@ -269,6 +269,26 @@ def test_markdown_table_says_how_the_counts_were_chosen_and_gives_verdicts_and_t
     assert "| pruned-40000 | 0.100 | 0.025 | 0.050 | 0.025 | 160.0 | 2.00 | 0.25 |" in table
 
 
+def test_decoding_split_on_literal_figures_and_its_table():
+    # full ct2: 0.60 s for 64 tokens, 0.09 s for 1 -> 0.51 s over 63 tokens = 8.1 ms each; pruned 0.40 / 0.085
+    results = literal_results({"note": "no GPU run"})
+    short = {"full/hf": 0.15, "full/ct2": 0.09, "pruned-40000/hf": 0.12, "pruned-40000/ct2": 0.085}
+    split = bench_prune.decoding_split(results["inference"]["summary"], short, 64, 1)
+    assert split["full/ct2"]["per_token_ms"] == pytest.approx(1000 * 0.51 / 63)
+    assert split["full/ct2"]["prefix_share"] == pytest.approx(0.09 / 0.6)
+    assert split["pruned-40000/hf"]["per_token_ms"] == pytest.approx(1000 * 0.88 / 63)
+    with pytest.raises(ValueError, match="fewer forced tokens"):
+        bench_prune.decoding_split(results["inference"]["summary"], short, 64, 64)
+    results["settings"]["split_new_tokens"] = 1
+    results["inference"]["split"] = split
+    table = bench_prune.markdown_table(results)
+    assert "**Where the decoding time goes**" in table
+    assert "| full | 0.150 | 45.2 | 5% | 0.090 | 8.1 | 15% |" in table
+    assert "ct2: pruning to 40,000 rows takes the cost of a token from 8.1 to 5.0 ms" in table
+    assert "x1.50 over 64 tokens" in table  # 0.6 / 0.4: the split's two figures add up to the measured time
+    assert "**Where the decoding time goes**" not in bench_prune.markdown_table(literal_results({"note": "x"}))
+
+
 # ----------------------------------------------------------------------------------------------------
 # command line
 
@@ -285,7 +305,8 @@ def test_parse_args_defaults_and_refusals(capsys):
                           (["--vocab_size", "32000", "--kept", "20000"], "must hold the benchmark tokenizer's 32,100"),
                           (["--skip_cpu"], "--skip_cpu leaves nothing to measure without --device cuda"),
                           (["--warmup_steps", "0"], "--warmup_steps and --gpu_warmup_steps must be >= 1"),
-                          (["--num_articles", "0"], "--num_articles must be positive")):
+                          (["--num_articles", "0"], "--num_articles must be positive"),
+                          (["--split_new_tokens", "64"], "--split_new_tokens must be >= 0 and below --new_tokens")):
         with pytest.raises(SystemExit) as exit_info:
             bench_prune.parse_args(argv)
         assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -267,8 +267,25 @@ def test_rouge_length_reward_by_hand():
     assert reward(["x"], ["我是一個人"], ["我是一個人"]) == pytest.approx([1.0], abs=1e-6)
     with pytest.raises(ValueError, match="length_penalty"):
         rewards.make_reward("rouge_length", segmenter="char", length_penalty=-1.0)
-    with pytest.raises(ValueError, match="unknown reward 'bleu'; known: rouge, rouge_length"):
+    with pytest.raises(ValueError, match="unknown reward 'bleu'; known: rouge, rouge_length, rouge_repetition"):
         rewards.make_reward("bleu")
+
+
+def test_rouge_repetition_reward_by_hand():
+    # 我是我是我: 3-grams 我是我, 是我是, 我是我 -> rep-3 = 1 - 2/3; no repeat in 我是一個人 or in a 2-char title
+    assert rewards.repetition_rate("我是我是我") == pytest.approx(1 / 3)
+    assert rewards.repetition_rate("我是一個人") == rewards.repetition_rate("我是") == 0.0
+    assert rewards.repetition_rate("我 是 我 是 我") == pytest.approx(1 / 3)  # whitespace is not a character
+    reward = rewards.make_reward("rouge_repetition", segmenter="char", weights={"rouge-1": 1.0},
+                                 repetition_penalty=0.6)
+    rouge = rewards.make_reward("rouge", segmenter="char", weights={"rouge-1": 1.0})
+    # the reference repeated: ROUGE-1 F stays 1 (distinct unigrams), the penalty is what tells them apart;
+    # 我是一個人我是一個人 has 8 3-grams, 5 distinct -> rep-3 = 3/8
+    preds, refs = ["我是一個人我是一個人", "我是一個人"], ["我是一個人"] * 2
+    assert rouge(["x"] * 2, preds, refs) == pytest.approx([1.0, 1.0])
+    assert reward(["x"] * 2, preds, refs) == pytest.approx([1.0 - 0.6 * 3 / 8, 1.0], abs=1e-6)
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        rewards.make_reward("rouge_repetition", segmenter="char", repetition_penalty=-0.1)
 
 
 def test_rouge_reward_default_is_mean_of_three_f1():
