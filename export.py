@@ -299,6 +299,7 @@ class TrainingState:
     elapsed_s: float = 0.0  # training wall time, seconds, summed over resumed runs
     evaluations_without_improvement: int = 0  # in a row, for --early_stopping_patience
     stopped_early_at: int | None = None  # the step early stopping ended training at
+    start_title_stats: dict[str, float] | None = None  # the starting evaluation's title statistics (RL guard)
     saved_at: float = 0.0  # Unix time the checkpoint was written: orders checkpoints of resumed runs
 
     def save(self, path: str | os.PathLike) -> None:

@@ -243,6 +243,11 @@ class RLArguments:
     rl_normalize: str = field(
         default="sequence", metadata={"help": "Policy-gradient loss normalisation: sequence (each sample weighs the "
                                               "same) or token (each sampled token weighs the same)."})
+    rl_degeneration_tolerance: float = field(
+        default=0.0, metadata={"help": "RL stage and its control: an evaluation whose mean title length or share of "
+                                       "titles with a repeated character 3-gram is more than this fraction above "
+                                       "the starting evaluation's (step 0) cannot become the best export, however "
+                                       "high its ROUGE (e.g. 0.1; 0 = off)."})
     rl_kl_coef: float = field(
         default=0.0, metadata={"help": "Weight of the KL anchor: per-token KL of the policy to the frozen "
                                        "--rl_from model on the sampled titles, added to the loss (Ziegler et al. "
@@ -413,12 +418,15 @@ def check_args(args: Args) -> None:
     need(len(r.rl_reward_weights) == 3 and all(w >= 0 for w in r.rl_reward_weights) and sum(r.rl_reward_weights) > 0,
          "--rl_reward_weights takes 3 non-negative numbers (ROUGE-1 2 L) with a positive sum")
     need(r.rl_reward in REWARDS, f"--rl_reward must be one of {', '.join(sorted(REWARDS))} (got {r.rl_reward})")
-    need(r.rl_length_penalty >= 0 and r.rl_repetition_penalty >= 0 and r.rl_kl_coef >= 0,
-         "--rl_length_penalty, --rl_repetition_penalty and --rl_kl_coef must be >= 0")
+    need(r.rl_length_penalty >= 0 and r.rl_repetition_penalty >= 0 and r.rl_kl_coef >= 0
+         and r.rl_degeneration_tolerance >= 0,
+         "--rl_length_penalty, --rl_repetition_penalty, --rl_kl_coef and --rl_degeneration_tolerance must be >= 0")
     need(r.rl_baseline in ("auto", "greedy", "loo"), f"--rl_baseline must be auto, greedy or loo (got {r.rl_baseline})")
     need(r.rl_baseline != "loo" or r.rl_num_samples >= 2, "--rl_baseline loo needs --rl_num_samples >= 2")
     need(r.rl_normalize in ("sequence", "token"), f"--rl_normalize must be sequence or token (got {r.rl_normalize})")
     need(not r.rl_control or r.rl_from is not None, "--rl_control needs --rl_from (the export both runs start from)")
+    need(not r.rl_degeneration_tolerance or r.rl_from is not None,
+         "--rl_degeneration_tolerance needs --rl_from (its titles are the start the guard compares with)")
     problems += peft_problems(args)
     problems += training_option_problems(t)
     if m.prune_vocabulary:

@@ -53,6 +53,7 @@ HYPERPARAMETERS = (("train", "optimizer"), ("train", "learning_rate"), ("train",
                    ("rl", "rl_reward_weights"), ("rl", "rl_length_penalty"),
                    ("rl", "rl_repetition_penalty"), ("rl", "rl_num_samples"),
                    ("rl", "rl_baseline"), ("rl", "rl_normalize"), ("rl", "rl_gamma"), ("rl", "rl_kl_coef"),
+                   ("rl", "rl_degeneration_tolerance"),
                    ("rl", "rl_rollout_preset"), ("rl", "rl_baseline_preset"))
 
 

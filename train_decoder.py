@@ -605,6 +605,8 @@ class Trainer:
             preds = self.generate_eval_titles()
             metrics = self.score_titles(preds)
         metrics["eval/seconds"] = time.time() - started
+        if preds is not None and self.args.rl.rl_degeneration_tolerance > 0:
+            metrics["eval/degenerate"] = float(self.degenerate(metrics))
         self.last_eval_step = self.state.completed_steps
         self.log({"step": self.state.completed_steps, "epoch": self.epoch_progress(), **metrics})
         self.count_improvement(metrics)
@@ -672,6 +674,23 @@ class Trainer:
             return True
         return score < than if self.args.train.metric_for_best_model == "loss" else score > than
 
+    def degenerate(self, metrics: dict[str, float]) -> bool:
+        """``--rl_degeneration_tolerance``: whether these titles drifted from the starting evaluation's (the
+        first one of the run, recorded in the state, so a resumed run compares with the same start): mean
+        length (characters) or share of titles with a repeated character 3-gram above ``(1 + tolerance)``
+        times the start's. The first evaluation records the start and is never degenerate."""
+        keys = ("eval/gen_len", "eval/repeat_3gram_frac")
+        if self.state.start_title_stats is None:
+            self.state.start_title_stats = {k: metrics[k] for k in keys}
+            return False
+        limit = 1 + self.args.rl.rl_degeneration_tolerance
+        drifted = [f"{k[5:]} {metrics[k]:.3g} > {limit:g} x {self.state.start_title_stats[k]:.3g}" for k in keys
+                   if metrics[k] > limit * self.state.start_title_stats[k]]
+        if drifted:
+            logger.info("step %d: titles drifted from the start (%s): not eligible as the best export",
+                        self.state.completed_steps, "; ".join(drifted))
+        return bool(drifted)
+
     def count_improvement(self, metrics: dict[str, float]) -> None:
         """Count the evaluations in a row that did not beat the best so far by more than
         ``--early_stopping_threshold`` (in the state: a resumed run keeps counting). Call before
@@ -679,13 +698,14 @@ class Trainer:
         t, best = self.args.train, self.state.best_metric
         score = metrics[f"eval/{t.metric_for_best_model}"]
         margin = -t.early_stopping_threshold if t.metric_for_best_model == "loss" else t.early_stopping_threshold
-        improved = best is None or self.better(score, best + margin)
+        improved = not metrics.get("eval/degenerate") and (best is None or self.better(score, best + margin))
         self.state.evaluations_without_improvement = 0 if improved else self.state.evaluations_without_improvement + 1
 
     def is_new_best(self, metrics: dict[str, float]) -> bool:
-        """Record ``metrics`` as the best so far when they beat it on ``--metric_for_best_model``."""
+        """Record ``metrics`` as the best so far when they beat it on ``--metric_for_best_model`` (and are not
+        :meth:`degenerate` under ``--rl_degeneration_tolerance``)."""
         score = metrics[f"eval/{self.args.train.metric_for_best_model}"]
-        if not self.better(score, self.state.best_metric):
+        if metrics.get("eval/degenerate") or not self.better(score, self.state.best_metric):
             return False
         self.state.best_metric, self.state.best_step = score, self.state.completed_steps
         return True

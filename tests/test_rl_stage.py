@@ -114,3 +114,38 @@ def test_the_control_trains_supervised_from_the_same_start(tmp_path, tiny_model_
     assert [r["step"] for r in control_train] == [r["step"] for r in rl_rows if "train/loss" in r]  # same budget
     assert not any(k.startswith("rl/") for r in control_train for k in r)  # no rollouts: the supervised loss
     assert [r["train/lr"] for r in control_train] == [r["train/lr"] for r in rl_rows if "train/loss" in r]
+
+
+def test_degeneration_guard_keeps_drifted_titles_from_becoming_the_best(tmp_path, tiny_model_dir, lcsts_train,
+                                                                         monkeypatch):
+    # scripted scores for the evaluations at steps 0, 2, 4: step 2 has the highest ROUGE but titles 30% longer
+    # than the start's; step 4 is better than the start and within 10% on both statistics
+    scripted = {0: (20.0, 10.0, 0.20), 2: (30.0, 13.0, 0.20), 4: (25.0, 10.5, 0.21)}  # by step
+
+    def score_titles(self, preds):
+        rouge, length, repeated = scripted[self.state.completed_steps]
+        return {"eval/rouge-1": rouge, "eval/rouge-2": 0.0, "eval/rouge-l": 0.0, "eval/rouge-sum": rouge,
+                "eval/gen_len": length, "eval/distinct_1": 0.5, "eval/distinct_2": 0.5,
+                "eval/repeat_3gram_frac": repeated, "eval/distinct_titles": 1.0}
+
+    monkeypatch.setattr(train_decoder.Trainer, "score_titles", score_titles)
+    argv = rl_argv(tmp_path, tiny_model_dir, lcsts_train[:12], "guard",
+                   ["--save_steps", "0", "--rl_degeneration_tolerance", "0.1"])
+    assert train_decoder.main(argv) == 0
+    evals = [r for r in rows(tmp_path / "guard") if "eval/rouge-1" in r]
+    assert [(r["step"], r["eval/degenerate"]) for r in evals] == [(0, 0.0), (2, 1.0), (4, 0.0)]
+    best = json.loads((tmp_path / "guard" / "best" / "title_config.json").read_text(encoding="utf-8"))
+    assert best["step"] == 4 and best["metrics"]["eval/rouge-sum"] == 25.0
+
+    assert train_decoder.main(rl_argv(tmp_path, tiny_model_dir, lcsts_train[:12], "plain", ["--save_steps", "0"])) == 0
+    best = json.loads((tmp_path / "plain" / "best" / "title_config.json").read_text(encoding="utf-8"))
+    assert best["step"] == 2  # the same scores without the guard
+
+
+def test_degeneration_guard_needs_an_rl_start(tmp_path, lcsts_train):
+    from parse_arg import ArgumentError, check_args, parse_args
+
+    data = write_jsonl(tmp_path / "train.jsonl", lcsts_train[:4])
+    with pytest.raises(ArgumentError, match="--rl_degeneration_tolerance needs --rl_from"):
+        check_args(parse_args(["--train_file", str(data), "--output_dir", str(tmp_path / "o"),
+                               "--rl_degeneration_tolerance", "0.1"]))
