@@ -26,9 +26,9 @@ Method:
   option mapping); the generated lengths are checked and reported. Beam 4 stops as with
   ``early_stopping=True``.
 - Each (engine, strategy) runs in a fresh subprocess (``harness.run_child``): model load is excluded from
-  the timing, one short warm-up call precedes it, and the peak RSS reported is that process's
-  ``ru_maxrss`` (model, tokenizer, libraries and decoding). The int8 conversion is done once beforehand,
-  in its own subprocess, and timed separately. Threads: all cores (``--threads`` to change) for torch and
+  the timing, one short warm-up call precedes it, and the peak RSS reported is that process's own
+  (``harness.peak_rss_mb``: model, tokenizer, libraries and decoding). The int8 conversion is done once
+  beforehand, in its own subprocess, and timed separately. Threads: all cores (``--threads`` to change) for torch and
   CTranslate2.
 """
 

@@ -28,11 +28,11 @@ Method:
   on the batches as collated (ours: through ``train_decoder.Factories(collator=...)``). No evaluation, no
   checkpoints (ours stops through ``main(..., stop_after_steps=W + N)``, which skips the final evaluation
   and export).
-- Every run is a fresh subprocess (``harness.run_child``; peak RSS = its ``ru_maxrss``); runs are
-  interleaved in rounds (3 by default), the order rotating each round (ours, (2), (3); then (2), (3),
-  ours; then (3), ours, (2)) so that no contender always follows the same one; each round draws its own
-  pool (seed + round), the same for all contenders. Figures are medians over rounds; the ratios are
-  medians of per-round ratios.
+- Every run is a fresh subprocess (``harness.run_child``; peak RSS = its own ``VmHWM``,
+  ``harness.peak_rss_mb``); runs are interleaved in rounds (3 by default), the order rotating each round
+  (ours, (2), (3); then (2), (3), ours; then (3), ours, (2)) so that no contender always follows the same
+  one; each round draws its own pool (seed + round), the same for all contenders. Figures are medians
+  over rounds; the ratios are medians of per-round ratios.
 """
 
 from __future__ import annotations

@@ -222,12 +222,19 @@ def setup_torch(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MiB (Linux reports ``ru_maxrss`` in KiB, macOS in bytes).
+def peak_rss_mb(status: str | os.PathLike = "/proc/self/status") -> float:
+    """Peak resident set size of this process in MiB: ``VmHWM`` of ``status`` on Linux, else ``ru_maxrss``
+    (KiB on Linux, bytes on macOS).
 
-    On Linux a process started by another one begins at its parent's peak (``ru_maxrss`` survives ``vfork``
-    + ``exec``): a measured child's figure means something only when its parent stayed smaller, which is
-    why :func:`random_mt5_export` builds in a child of its own."""
+    ``VmHWM`` belongs to the process's own address space, which ``exec`` makes new; ``ru_maxrss`` does not
+    start afresh (Linux carries the parent's peak into a child started with ``vfork`` + ``exec``, as
+    ``subprocess`` does), so a measured child of a large parent would report the parent's peak."""
+    try:
+        for line in Path(status).read_text(encoding="ascii").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
@@ -314,9 +321,8 @@ def random_mt5_export(work_dir: Path, texts: Iterable[str], config: dict[str, An
     rebuilt; the export is built in a temporary sibling and swapped in whole (stale conversions inside it,
     such as ``ct2-int8/``, go with the old one).
 
-    The build runs in a child process (:func:`run_child`, log ``work_dir/build-NAME.log``): on Linux a
-    child's ``ru_maxrss`` starts at its parent's peak (it survives ``vfork`` + ``exec``), so a parent that
-    built the 300M model itself would hand its 2.5 GB peak to every measured run.
+    The build runs in a child process (:func:`run_child`, log ``work_dir/build-NAME.log``), so the parent
+    stays small and the memory the build used is returned before any measured run.
 
     Raises:
         ChildError: the build failed (for example sentencepiece cannot train ``vocab_size`` pieces on

@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,6 +58,22 @@ def test_run_child_returns_the_result_with_peak_rss_and_keeps_a_log(child_module
     assert 1 < result["peak_rss_mb"] < 4096  # MiB of a small Python process, not KiB or bytes
     assert "measuring 3" in (child_module / "run-1.log").read_text(encoding="utf-8")
     assert json.loads((child_module / "run-1.spec.json").read_text(encoding="utf-8"))["x"] == 3
+
+
+def test_peak_rss_is_the_childs_own_not_its_parents(tmp_path):
+    # a parent that touched 512 MiB starts a child: ru_maxrss would hand the child the parent's peak
+    parent = ("import subprocess, sys\n"
+              "x = bytearray(512 * 2**20)\n"
+              "for i in range(0, len(x), 4096): x[i] = 1\n"
+              "code = 'from bench.harness import peak_rss_mb; print(peak_rss_mb())'\n"
+              "print(subprocess.run([sys.executable, '-c', code], capture_output=True, text=True).stdout)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(harness.__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, env=env, check=True).stdout
+    assert 1 < float(out) < 256
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmPeak:\t 9000 kB\nVmHWM:\t  204800 kB\nVmRSS:\t 1024 kB\n", encoding="ascii")
+    assert harness.peak_rss_mb(status) == 200.0
+    assert harness.peak_rss_mb(tmp_path / "absent") > 1  # falls back to ru_maxrss
 
 
 def test_run_child_reports_a_failing_child_with_the_tail_of_its_log(child_module):
