@@ -1,7 +1,7 @@
 """Run every benchmark and write ``bench/RESULTS.md`` (one command refreshes every figure).
 
     python -m bench.run_all [--out bench/RESULTS.md] [--only train rouge inference prune] [--threads N]
-                            [--data_dir ../shared/data]
+                            [--data_dir ../shared/data] [--merge]
     bash bench/run_all.sh [same flags]            # the same, with the project's virtualenv
 
 Each benchmark is its own module in ``bench/`` (run in a subprocess, ``python -m bench.NAME ... --json``;
@@ -11,7 +11,7 @@ against vocabulary-pruned ones: training, memory, export size, beam-4 decoding).
 (``harness.machine()``: CPU model, cores, RAM, torch threads, library versions), the date, the command, the
 load average before and after, and each benchmark's tables (its own ``markdown_table``). A benchmark that
 is absent or fails is reported as such in ``RESULTS.md``; the others still run. The raw JSON goes to
-``--json_dir``.
+``--json_dir``. ``--merge`` with ``--only`` refreshes some benchmarks and keeps the others' sections.
 Exit code: 0 when every benchmark ran, 1 when one failed, 2 on bad arguments.
 """
 
@@ -60,6 +60,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train_repeats", type=int, default=None, help="bench_train and bench_prune --repeats")
     parser.add_argument("--inference_articles", type=int, default=16, help="bench_inference --num_articles")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per benchmark")
+    parser.add_argument("--merge", action="store_true",
+                        help="update --out in place: replace (or add) the sections of the benchmarks run, each "
+                             "with its own run's date, command, machine and load; keep the others")
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads <= 0:
         parser.error("--threads must be positive")
@@ -244,6 +247,61 @@ def render(records: dict[str, dict], info: dict[str, Any], command: str, started
     return "\n".join(lines) + "\n"
 
 
+def split_sections(markdown: str) -> tuple[list[str], dict[str, str]]:
+    """``RESULTS.md`` as (its header lines, ``{"## title": section text}`` in file order)."""
+    header: list[str] = []
+    sections: dict[str, str] = {}
+    current: list[str] | None = None
+    for line in markdown.splitlines():
+        if line.startswith("## "):
+            current = [line]
+            sections[line] = ""
+        if current is None:
+            header.append(line)
+        else:
+            if not line.startswith("## "):
+                current.append(line)
+            sections[current[0]] = "\n".join(current).rstrip("\n")
+    return header, sections
+
+
+def merge(existing: str, records: dict[str, dict], info: dict[str, Any], command: str, started: datetime,
+          load_before: tuple, load_after: tuple, threads: int | None = None) -> str:
+    """``existing`` (a ``RESULTS.md``) with the sections of ``records`` replaced or appended; each merged
+    section opens with a line naming its own run (date, command, machine, threads, load), and the header's
+    status table gets a row per merged benchmark. The header's machine/date lines stay those of the run that
+    wrote the file, and say so.
+
+    Raises:
+        ValueError: ``existing`` is not a ``RESULTS.md`` written by this script.
+    """
+    if not existing.startswith("# Benchmark results"):
+        raise ValueError("not a RESULTS.md written by bench/run_all.py (no '# Benchmark results' heading)")
+    header, sections = split_sections(existing)
+    v = info["versions"]
+    run_line = (f"*Merged from a separate run* (`--merge`): {started.strftime('%Y-%m-%d %H:%M UTC')}, "
+                f"`{command}`; {info['cpu']}, {info['cpu_count']} logical CPUs, torch {v['torch']}, threads "
+                f"{threads or 'default'}; load average before {', '.join(f'{x:.2f}' for x in load_before)}, "
+                f"after {', '.join(f'{x:.2f}' for x in load_after)}.")
+    for name, record in records.items():
+        title_line = f"## {BENCHMARKS[name][1]}"
+        body = render_section(name, record).split("\n", 1)[1].lstrip("\n")
+        sections[title_line] = f"{title_line}\n\n{run_line}\n\n{body}"
+        status = record["status"] if record["status"] == "ok" else f"{record['status']}: {record['error']}"
+        row = f"| {name} | {status} (merged, {started.strftime('%Y-%m-%d')}) | {record['seconds']:.0f} |"
+        rows = [i for i, line in enumerate(header) if line.startswith(f"| {name} |")]
+        if rows:
+            header[rows[0]] = row
+        else:
+            last = max((i for i, line in enumerate(header) if line.startswith("|")), default=len(header) - 1)
+            header.insert(last + 1, row)
+    note = "Sections marked *merged* come from their own runs; the machine and date above are the first run's."
+    if note not in header:
+        at = next((i for i, line in enumerate(header) if line.startswith("Generated by")), 0)
+        header.insert(at + 1, note)
+    return "\n".join(header).rstrip("\n") + "\n\n" + "\n\n".join(sections.values()) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.out.parent.is_dir():
@@ -256,8 +314,16 @@ def main(argv: list[str] | None = None) -> int:
     started, t0, load_before = datetime.now(timezone.utc), time.perf_counter(), os.getloadavg()
     info = harness.machine()
     records = {name: run_benchmark(name, args) for name in args.only}
-    report = render(records, info, command, started, time.perf_counter() - t0, load_before, os.getloadavg(),
-                    threads=args.threads)
+    if args.merge and args.out.is_file():
+        try:
+            report = merge(args.out.read_text(encoding="utf-8"), records, info, command, started, load_before,
+                           os.getloadavg(), threads=args.threads)
+        except ValueError as err:
+            print(f"error: --merge {args.out}: {err}", file=sys.stderr)
+            return 2
+    else:
+        report = render(records, info, command, started, time.perf_counter() - t0, load_before, os.getloadavg(),
+                        threads=args.threads)
     try:
         atomic_write_text(args.out, report)
     except (OSError, DataError) as err:

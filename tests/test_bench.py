@@ -442,3 +442,36 @@ def test_run_all_renders_a_module_without_markdown_table_from_its_printed_tables
     assert plain.startswith("## Plain") and plain.endswith("| a | b |\n| --- | --- |\n| 1 | 2 |")
     assert "its markdown_table failed: KeyError" in run_all.render_section("broken", record)
     assert run_all.load_markdown_table("train") is bench_train.markdown_table
+
+
+def test_run_all_merge_replaces_only_the_benchmarks_it_ran(tmp_path, monkeypatch):
+    info = harness.machine()
+    when = run_all.datetime(2026, 12, 3, 12, 0, tzinfo=run_all.timezone.utc)
+    first = {"train": {"status": "failed", "error": "old train", "seconds": 10.0},
+             "prune": {"status": "failed", "error": "old prune", "seconds": 20.0}}
+    original = run_all.render(first, info, "bash bench/run_all.sh", when, 30.0, (0.1, 0.1, 0.1), (0.2, 0.2, 0.2))
+    again = {"prune": {"status": "failed", "error": "new prune", "seconds": 5.0},
+             "rouge": {"status": "failed", "error": "new rouge", "seconds": 7.0}}
+    merged = run_all.merge(original, again, info, "bash bench/run_all.sh --only prune rouge --merge", when,
+                           (1.0, 1.0, 1.0), (2.0, 2.0, 2.0))
+    header, sections = run_all.split_sections(merged)
+    assert list(sections) == ["## Training throughput", "## Vocabulary pruning: full mt5-small shape against pruned "
+                              "vocabularies", "## tw_rouge throughput"]  # replaced in place, the new one appended
+    assert "old train" in sections["## Training throughput"] and "Merged" not in sections["## Training throughput"]
+    prune = sections["## Vocabulary pruning: full mt5-small shape against pruned vocabularies"]
+    assert "new prune" in prune and "old prune" not in prune
+    assert "*Merged from a separate run* (`--merge`): 2026-12-03 12:00 UTC, `bash bench/run_all.sh --only prune " \
+           "rouge --merge`" in prune and "load average before 1.00, 1.00, 1.00, after 2.00, 2.00, 2.00" in prune
+    rows = [line for line in header if line.startswith("| ") and "---" not in line][1:]
+    assert rows == ["| train | failed: old train | 10 |", "| prune | failed: new prune (merged, 2026-12-03) | 5 |",
+                    "| rouge | failed: new rouge (merged, 2026-12-03) | 7 |"]
+    assert merged.count("Sections marked *merged*") == 1
+    assert run_all.merge(merged, again, info, "x", when, (1, 1, 1), (1, 1, 1)).count("Sections marked") == 1
+    with pytest.raises(ValueError, match="not a RESULTS.md"):
+        run_all.merge("# Something else\n", again, info, "x", when, (1, 1, 1), (1, 1, 1))
+
+    out = tmp_path / "RESULTS.md"
+    out.write_text("notes by hand\n", encoding="utf-8")
+    monkeypatch.setattr(run_all, "run_benchmark", lambda name, args: again[name])
+    assert run_all.main(["--only", "prune", "--merge", "--out", str(out), "--json_dir", str(tmp_path)]) == 2
+    assert out.read_text(encoding="utf-8") == "notes by hand\n"  # refused, never overwritten
