@@ -519,15 +519,13 @@ def decoding_ceiling_note(split: dict[str, dict[str, float]], new_tokens: int) -
         if not full or not kept:
             continue
 
-        def seconds(part: dict[str, float]) -> float:
-            return part["prefix_s"] + part["per_token_ms"] * (new_tokens - 1) / 1000
-
         line = (f"{b}: pruning to {VERDICT_KEPT:,} rows takes the cost of a token from {full['per_token_ms']:.1f} "
                 f"to {kept['per_token_ms']:.1f} ms and the prefix from {full['prefix_s']:.3f} to "
-                f"{kept['prefix_s']:.3f} s per article, x{seconds(full) / seconds(kept):.2f} over {new_tokens} tokens")
+                f"{kept['prefix_s']:.3f} s per article, x{full['total_s'] / kept['total_s']:.2f} over {new_tokens} "
+                "tokens")
         smallest = split.get(f"{pruned[0]}/{b}") if pruned else None
         if smallest and pruned[0] != target:
-            line += f"; {pruned[0]} gives x{seconds(full) / seconds(smallest):.2f}"
+            line += f"; {pruned[0]} gives x{full['total_s'] / smallest['total_s']:.2f}"
         notes.append(line + ".")
     return ("Reading: " + " ".join(notes) + " What pruning leaves (the prefix and the decoder layers) bounds the "
             "speed-up of a backend whose per-token cost is already small.") if notes else ""
@@ -802,7 +800,7 @@ def bench_inference_beam4(args: argparse.Namespace, exports: dict[str, harness.R
                      "tokens_per_article": rs[0]["tokens_per_article"]} for job, rs in runs.items()}
     result = {"articles": len(texts), "mean_source_tokens": bench_inference.source_lengths(
         exports[FULL].dir, texts, args.max_source_length), "threads": threads, "runs": runs, "summary": summary}
-    if args.split_new_tokens and args.split_new_tokens < args.new_tokens:
+    if args.split_new_tokens:  # parse_args keeps it below --new_tokens
         print(f"  where the decoding time goes: the same runs with {args.split_new_tokens} forced token(s)", flush=True)
         short = interleaved(jobs, args.inference_repeats, lambda job, i: run_with(job, i, args.split_new_tokens))
         result["split_runs"] = short
@@ -816,10 +814,11 @@ def decoding_split(summary: dict[str, dict[str, Any]], short_seconds: dict[str, 
                    short_tokens: int) -> dict[str, dict[str, float]]:
     """Where beam-search time goes, from two runs of each job: ``new_tokens`` and ``short_tokens`` forced tokens.
 
-    Returns ``{job: {"prefix_s", "per_token_ms", "prefix_share"}}``: ``prefix_s`` = seconds per article of the
-    short run (tokenization, the encoder and the first ``short_tokens`` steps), ``per_token_ms`` = the extra
-    milliseconds per article per further token (decoder layers, the output projection over the vocabulary,
-    softmax and beam bookkeeping), ``prefix_share`` = ``prefix_s`` over the long run's seconds per article.
+    Returns ``{job: {"total_s", "prefix_s", "per_token_ms", "prefix_share"}}``: ``total_s`` = seconds per
+    article of the long run, ``prefix_s`` = of the short run (tokenization, the encoder and the first
+    ``short_tokens`` steps), ``per_token_ms`` = the extra milliseconds per article per further token (decoder
+    layers, the output projection over the vocabulary, softmax and beam bookkeeping), ``prefix_share`` =
+    ``prefix_s / total_s``.
 
     Raises:
         ValueError: ``short_tokens >= new_tokens``.
@@ -829,7 +828,7 @@ def decoding_split(summary: dict[str, dict[str, Any]], short_seconds: dict[str, 
     split = {}
     for job, seconds in short_seconds.items():
         full_run = summary[job]["seconds_per_article"]
-        split[job] = {"prefix_s": seconds, "prefix_share": seconds / full_run,
+        split[job] = {"total_s": full_run, "prefix_s": seconds, "prefix_share": seconds / full_run,
                       "per_token_ms": 1000 * (full_run - seconds) / (new_tokens - short_tokens)}
     return split
 

@@ -287,6 +287,9 @@ def test_decoding_split_on_literal_figures_and_its_table():
     assert "ct2: pruning to 40,000 rows takes the cost of a token from 8.1 to 5.0 ms" in table
     assert "x1.50 over 64 tokens" in table  # 0.6 / 0.4: the split's two figures add up to the measured time
     assert "**Where the decoding time goes**" not in bench_prune.markdown_table(literal_results({"note": "x"}))
+    # with 32 forced tokens in the short run the ratio is still the measured 0.6 / 0.4, not a re-derived one
+    longer = bench_prune.decoding_split(results["inference"]["summary"], short, 64, 32)
+    assert "x1.50 over 64 tokens" in bench_prune.decoding_ceiling_note(longer, 64)
 
 
 # ----------------------------------------------------------------------------------------------------
