@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Mapping, Sequence
 
-from text_stats import ngrams
+from text_stats import repetition_rate
 from tw_rouge import METRICS, CkipSegmenter, get_segmenter, rouge_f_per_pair
 
 RewardFn = Callable[[list[str], list[str], list[str]], Sequence[float]]
@@ -70,28 +70,24 @@ def rouge_length_reward(segmenter=None, weights: Mapping[str, float] | None = No
     """
     if length_penalty < 0:
         raise ValueError(f"length_penalty must be >= 0, got {length_penalty}")
-    rouge = rouge_reward(segmenter, weights, ckip_dir)
+    return _rouge_minus(rouge_reward(segmenter, weights, ckip_dir),
+                        lambda pred, ref: length_penalty * abs(len(pred) - len(ref)) / max(len(ref), 1))
 
+
+def _rouge_minus(rouge: RewardFn, penalty: Callable[[str, str], float]) -> RewardFn:
+    """``rouge`` minus ``penalty(pred, ref)`` for each title."""
     def reward(sources: list[str], preds: list[str], refs: list[str]) -> list[float]:
         scores = rouge(sources, preds, refs)
-        return [s - length_penalty * abs(len(p) - len(r)) / max(len(r), 1) for s, p, r in zip(scores, preds, refs)]
+        return [s - penalty(p, r) for s, p, r in zip(scores, preds, refs)]
 
     return reward
-
-
-def repetition_rate(title: str, n: int = 3) -> float:
-    """rep-n of one title: ``1 - distinct / all`` over its character n-grams (whitespace removed), in
-    ``[0, 1)``; 0 for a title shorter than ``n`` characters. ``我是我是我`` has 3-grams 我是我, 是我是, 我是我:
-    rep-3 = 1 - 2/3."""
-    grams = ngrams(title, n)
-    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
 
 
 def rouge_repetition_reward(segmenter=None, weights: Mapping[str, float] | None = None,
                             repetition_penalty: float = 1.0, n: int = 3,
                             ckip_dir: str | os.PathLike | None = None) -> RewardFn:
-    """:func:`rouge_reward` minus ``repetition_penalty * repetition_rate(pred, n)`` (the result can be
-    negative).
+    """:func:`rouge_reward` minus ``repetition_penalty * text_stats.repetition_rate(pred, n)`` (the
+    result can be negative).
 
     Raises:
         ValueError: as :func:`rouge_reward`, a negative ``repetition_penalty`` or ``n < 1``.
@@ -100,13 +96,8 @@ def rouge_repetition_reward(segmenter=None, weights: Mapping[str, float] | None 
         raise ValueError(f"repetition_penalty must be >= 0, got {repetition_penalty}")
     if n < 1:
         raise ValueError(f"the repetition n-gram order must be >= 1, got {n}")
-    rouge = rouge_reward(segmenter, weights, ckip_dir)
-
-    def reward(sources: list[str], preds: list[str], refs: list[str]) -> list[float]:
-        scores = rouge(sources, preds, refs)
-        return [s - repetition_penalty * repetition_rate(p, n) for s, p in zip(scores, preds)]
-
-    return reward
+    return _rouge_minus(rouge_reward(segmenter, weights, ckip_dir),
+                        lambda pred, ref: repetition_penalty * repetition_rate(pred, n))
 
 
 REWARDS: dict[str, Callable[..., RewardFn]] = {"rouge": rouge_reward, "rouge_length": rouge_length_reward,

@@ -39,6 +39,14 @@ def repeated_ngram_fraction(titles: Sequence[str], n: int = 3) -> float:
     return repeated / len(titles)
 
 
+def repetition_rate(title: str, n: int = 3) -> float:
+    """rep-n of one title (Welleck et al. 2020, "Neural Text Generation with Unlikelihood Training"):
+    ``1 - distinct / all`` over its character n-grams, in ``[0, 1)``; 0 for a title shorter than ``n``
+    characters. ``我是我是我`` has 3-grams 我是我, 是我是, 我是我: rep-3 = 1 - 2/3."""
+    grams = ngrams(title, n)
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
 def title_statistics(titles: Sequence[str]) -> dict[str, float]:
     """``eval/gen_len`` (mean length in characters), ``eval/distinct_1``, ``eval/distinct_2``,
     ``eval/repeat_3gram_frac`` and ``eval/distinct_titles`` (share of different titles) of ``titles``."""

@@ -273,9 +273,11 @@ def test_rouge_length_reward_by_hand():
 
 def test_rouge_repetition_reward_by_hand():
     # 我是我是我: 3-grams 我是我, 是我是, 我是我 -> rep-3 = 1 - 2/3; no repeat in 我是一個人 or in a 2-char title
-    assert rewards.repetition_rate("我是我是我") == pytest.approx(1 / 3)
-    assert rewards.repetition_rate("我是一個人") == rewards.repetition_rate("我是") == 0.0
-    assert rewards.repetition_rate("我 是 我 是 我") == pytest.approx(1 / 3)  # whitespace is not a character
+    from text_stats import repetition_rate
+
+    assert repetition_rate("我是我是我") == pytest.approx(1 / 3)
+    assert repetition_rate("我是一個人") == repetition_rate("我是") == 0.0
+    assert repetition_rate("我 是 我 是 我") == pytest.approx(1 / 3)  # whitespace is not a character
     reward = rewards.make_reward("rouge_repetition", segmenter="char", weights={"rouge-1": 1.0},
                                  repetition_penalty=0.6)
     rouge = rewards.make_reward("rouge", segmenter="char", weights={"rouge-1": 1.0})
