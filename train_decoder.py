@@ -79,6 +79,8 @@ from text_stats import title_statistics
 from tw_rouge import get_rouge, get_segmenter
 
 logger = logging.getLogger("train_decoder")
+# --rl_degeneration_tolerance compares these evaluation statistics with the run's start
+DRIFT_STATISTICS = ("eval/gen_len", "eval/repeat_3gram_frac")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -606,6 +608,8 @@ class Trainer:
             metrics = self.score_titles(preds)
         metrics["eval/seconds"] = time.time() - started
         if preds is not None and self.args.rl.rl_degeneration_tolerance > 0:
+            if self.state.start_title_stats is None:  # the run's first evaluation is the start
+                self.state.start_title_stats = {k: metrics[k] for k in DRIFT_STATISTICS}
             metrics["eval/degenerate"] = float(self.degenerate(metrics))
         self.last_eval_step = self.state.completed_steps
         self.log({"step": self.state.completed_steps, "epoch": self.epoch_progress(), **metrics})
@@ -675,17 +679,13 @@ class Trainer:
         return score < than if self.args.train.metric_for_best_model == "loss" else score > than
 
     def degenerate(self, metrics: dict[str, float]) -> bool:
-        """``--rl_degeneration_tolerance``: whether these titles drifted from the starting evaluation's (the
-        first one of the run, recorded in the state, so a resumed run compares with the same start): mean
+        """``--rl_degeneration_tolerance``: whether these titles drifted from the starting evaluation's
+        (``state.start_title_stats``, kept in the state so a resumed run compares with the same start): mean
         length (characters) or share of titles with a repeated character 3-gram above ``(1 + tolerance)``
-        times the start's. The first evaluation records the start and is never degenerate."""
-        keys = ("eval/gen_len", "eval/repeat_3gram_frac")
-        if self.state.start_title_stats is None:
-            self.state.start_title_stats = {k: metrics[k] for k in keys}
-            return False
-        limit = 1 + self.args.rl.rl_degeneration_tolerance
-        drifted = [f"{k[5:]} {metrics[k]:.3g} > {limit:g} x {self.state.start_title_stats[k]:.3g}" for k in keys
-                   if metrics[k] > limit * self.state.start_title_stats[k]]
+        times the start's. The start itself is never degenerate."""
+        start, limit = self.state.start_title_stats, 1 + self.args.rl.rl_degeneration_tolerance
+        drifted = [f"{k[5:]} {metrics[k]:.3g} > {limit:g} x {start[k]:.3g}" for k in DRIFT_STATISTICS
+                   if metrics[k] > limit * start[k]]
         if drifted:
             logger.info("step %d: titles drifted from the start (%s): not eligible as the best export",
                         self.state.completed_steps, "; ".join(drifted))
