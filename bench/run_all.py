@@ -240,8 +240,7 @@ def render(records: dict[str, dict], info: dict[str, Any], command: str, started
         "| --- | --- | ---: |",
     ]
     for name, record in records.items():
-        status = record["status"] if record["status"] == "ok" else f"{record['status']}: {record['error']}"
-        lines.append(f"| {name} | {status} | {record['seconds']:.0f} |")
+        lines.append(f"| {name} | {status_cell(record)} | {record['seconds']:.0f} |")
     for name, record in records.items():
         lines += ["", render_section(name, record)]
     return "\n".join(lines) + "\n"
@@ -250,19 +249,18 @@ def render(records: dict[str, dict], info: dict[str, Any], command: str, started
 def split_sections(markdown: str) -> tuple[list[str], dict[str, str]]:
     """``RESULTS.md`` as (its header lines, ``{"## title": section text}`` in file order)."""
     header: list[str] = []
-    sections: dict[str, str] = {}
-    current: list[str] | None = None
+    sections: dict[str, list[str]] = {}
+    current = header
     for line in markdown.splitlines():
         if line.startswith("## "):
-            current = [line]
-            sections[line] = ""
-        if current is None:
-            header.append(line)
-        else:
-            if not line.startswith("## "):
-                current.append(line)
-            sections[current[0]] = "\n".join(current).rstrip("\n")
-    return header, sections
+            current = sections[line] = []
+        current.append(line)
+    return header, {title: "\n".join(lines).rstrip("\n") for title, lines in sections.items()}
+
+
+def status_cell(record: dict[str, Any]) -> str:
+    """A benchmark's status for the header table: ``ok``, or the status with its error."""
+    return record["status"] if record["status"] == "ok" else f"{record['status']}: {record['error']}"
 
 
 def merge(existing: str, records: dict[str, dict], info: dict[str, Any], command: str, started: datetime,
@@ -287,8 +285,7 @@ def merge(existing: str, records: dict[str, dict], info: dict[str, Any], command
         title_line = f"## {BENCHMARKS[name][1]}"
         body = render_section(name, record).split("\n", 1)[1].lstrip("\n")
         sections[title_line] = f"{title_line}\n\n{run_line}\n\n{body}"
-        status = record["status"] if record["status"] == "ok" else f"{record['status']}: {record['error']}"
-        row = f"| {name} | {status} (merged, {started.strftime('%Y-%m-%d')}) | {record['seconds']:.0f} |"
+        row = f"| {name} | {status_cell(record)} (merged, {started.strftime('%Y-%m-%d')}) | {record['seconds']:.0f} |"
         rows = [i for i, line in enumerate(header) if line.startswith(f"| {name} |")]
         if rows:
             header[rows[0]] = row
